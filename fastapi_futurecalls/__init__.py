@@ -1,0 +1,33 @@
+"""Durable future calls for FastAPI: scheduled in PostgreSQL, run once across workers."""
+
+from .calls import FutureCall
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    FutureCallError,
+    InvalidPayloadError,
+    InvalidScheduleError,
+    NotRegisteredError,
+    RegistrationError,
+    SchemaMissingError,
+)
+from .futurecalls import FutureCalls
+from .session import Session
+from .settings import Settings
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "FutureCall",
+    "FutureCallError",
+    "FutureCalls",
+    "InvalidPayloadError",
+    "InvalidScheduleError",
+    "NotRegisteredError",
+    "RegistrationError",
+    "SchemaMissingError",
+    "Session",
+    "Settings",
+]

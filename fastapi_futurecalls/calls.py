@@ -1,0 +1,113 @@
+"""The :class:`FutureCall` base class and the registry of calls by name."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import (
+    InvalidPayloadError,
+    InvalidScheduleError,
+    NotRegisteredError,
+    RegistrationError,
+)
+
+if TYPE_CHECKING:
+    from .session import Session
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+MAX_NAME_LENGTH = 200
+MAX_IDENTIFIER_LENGTH = 500
+
+
+class FutureCall(Generic[ModelT]):
+    """Work to run later. Subclass as ``FutureCall[MyModel]`` and override :meth:`invoke`.
+
+    The payload model is read from the type argument; a subclass without one takes no
+    payload (``data`` must be ``None``).
+    """
+
+    model: ClassVar[type[BaseModel] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, FutureCall):
+                (arg,) = get_args(base)
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    cls.model = arg
+                elif not isinstance(arg, TypeVar):
+                    raise TypeError(
+                        f"{cls.__name__}: FutureCall[...] takes a pydantic model, not {arg!r}"
+                    )
+
+    async def invoke(self, session: Session, object: ModelT | None) -> None:
+        """Run the call. ``object`` is the payload given when it was scheduled."""
+        raise NotImplementedError(f"{type(self).__name__} must override invoke()")
+
+    def encode(self, data: object) -> str | None:
+        """The JSON stored for ``data``; raises :class:`InvalidPayloadError` for a wrong type."""
+        if data is None:
+            return None
+        if self.model is None or not isinstance(data, self.model):
+            expected = self.model.__name__ if self.model else "None (this call takes no data)"
+            raise InvalidPayloadError(
+                f"{type(self).__name__} takes {expected} as data, got {type(data).__name__}"
+            )
+        return data.model_dump_json()
+
+    def decode(self, payload: str | None) -> ModelT | None:
+        """The model for stored JSON; raises pydantic's ``ValidationError`` if it no longer fits."""
+        if payload is None:
+            return None
+        if self.model is None:
+            raise ValueError(f"{type(self).__name__} takes no data, but the call has a payload")
+        return self.model.model_validate_json(payload)  # type: ignore[return-value]
+
+
+DECODE_ERRORS = (ValidationError, ValueError)
+
+
+def validate_name(name: object, what: str = "name") -> str:
+    """Check a call name or identifier; returns it or raises a clear error."""
+    limit = MAX_NAME_LENGTH if what == "name" else MAX_IDENTIFIER_LENGTH
+    if not isinstance(name, str):
+        raise InvalidScheduleError(f"{what} must be a str, got {type(name).__name__}")
+    if not name or len(name) > limit:
+        raise InvalidScheduleError(f"{what} must be 1 to {limit} characters, got {len(name)}")
+    if "\x00" in name:
+        raise InvalidScheduleError(f"{what} must not contain NUL characters")
+    return name
+
+
+class Registry:
+    """Future calls by name; names are unique."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, FutureCall[Any]] = {}
+
+    def register(self, call: FutureCall[Any], name: str) -> None:
+        if not isinstance(call, FutureCall):
+            raise RegistrationError(f"{call!r} is not a FutureCall instance")
+        try:
+            validate_name(name)
+        except InvalidScheduleError as exc:
+            raise RegistrationError(str(exc)) from None
+        if name in self._calls:
+            raise RegistrationError(f"a future call is already registered as {name!r}")
+        self._calls[name] = call
+
+    def get(self, name: str) -> FutureCall[Any]:
+        try:
+            return self._calls[name]
+        except KeyError:
+            raise NotRegisteredError(f"no future call is registered as {name!r}") from None
+
+    def find(self, name: str) -> FutureCall[Any] | None:
+        return self._calls.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._calls)

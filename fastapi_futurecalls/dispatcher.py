@@ -1,0 +1,287 @@
+"""The dispatch loop of one process: wait, claim a batch, run it, record the outcomes.
+
+One dedicated connection (never pooled) carries the worker's advisory lock, the LISTEN,
+the claims and the outcome writes; only the loop task uses it, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Callable
+from itertools import groupby
+from typing import Any
+
+import asyncpg
+
+from .calls import Registry
+from .errors import DatabaseError, DatabaseUnavailableError
+from .runner import ClaimedCall, Outcome, run_call
+from .session import Session
+from .settings import Settings
+from .sql import QUERIES
+from .store import CONNECTION_ERRORS, connect
+
+logger = logging.getLogger("fastapi_futurecalls")
+
+CHANNEL = "future_calls"
+RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 5.0)
+RECOVERABLE: tuple[type[BaseException], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.PostgresError,
+    DatabaseError,
+)
+
+
+class Dispatcher:
+    """Claims due calls and runs at most ``concurrency_limit`` of them at once."""
+
+    def __init__(self, settings: Settings, registry: Registry, session: Callable[[], Session]):
+        self._settings = settings
+        self._registry = registry
+        self._session = session
+        self._conn: asyncpg.Connection | None = None
+        self._worker_id: int | None = None
+        self._running: dict[asyncio.Task[Outcome], ClaimedCall] = {}
+        self._outcomes: list[Outcome] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        # Loop times: when the next call is believed due, and of the next safety-net tick.
+        self._due_at = 0.0
+        self._tick_at = 0.0
+        # Earliest due time announced by NOTIFY while a claim was in flight.
+        self._announced = math.inf
+
+    @property
+    def worker_id(self) -> int | None:
+        """The number under which this process's advisory lock is held."""
+        return self._worker_id
+
+    async def start(self) -> None:
+        """Connect (raising if the database is unreachable) and start the loop."""
+        await self._connect()
+        self._task = asyncio.create_task(self._run(), name="fastapi_futurecalls.dispatcher")
+
+    async def stop(self) -> None:
+        """Stop claiming, let running calls finish within the grace period, record them."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    await self._connect()
+                await self._step()
+                failures = 0
+                continue
+            except RECOVERABLE as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                logger.warning("dispatcher lost the database (%r); retrying in %.2fs", exc, delay)
+            except Exception:
+                delay = RECONNECT_DELAYS[-1]
+                failures += 1
+                logger.exception("dispatcher failed unexpectedly; restarting in %.2fs", delay)
+            await self._close()
+            await self._sleep(delay * random.uniform(0.8, 1.2))
+        await self._drain()
+
+    async def _step(self) -> None:
+        conn = self._connection()
+        await self._flush(conn)
+        if self._loop.time() >= self._tick_at:
+            await self._tick(conn)
+        free = self._settings.concurrency_limit - len(self._running)
+        if free > 0 and self._loop.time() >= self._due_at and not self._stopping:
+            await self._claim(conn, free)
+        await self._wait()
+
+    async def _tick(self, conn: asyncpg.Connection) -> None:
+        """Safety net: park calls of dead workers, and learn the next due time afresh."""
+        self._tick_at = self._loop.time() + self._settings.poll_interval * random.uniform(0.9, 1.1)
+        self._announced = math.inf
+        row = await conn.fetchrow(QUERIES["sweep"], self._settings.lock_namespace)
+        assert row is not None
+        for call_id, name in zip(row["dead_ids"], row["dead_names"], strict=True):
+            logger.error(
+                "future call %r (id %d) parked as interrupted: its worker died while it ran",
+                name,
+                call_id,
+                extra={"future_call_name": name, "future_call_id": call_id},
+            )
+        self._set_due(row["next_due_in"])
+
+    async def _claim(self, conn: asyncpg.Connection, free: int) -> None:
+        self._announced = math.inf
+        rows = await conn.fetch(QUERIES["claim"], free, self._worker_id)
+        owner = self._worker_id
+        assert owner is not None
+        calls = sorted(
+            (ClaimedCall(owner=owner, **dict(row)) for row in rows),
+            key=lambda c: (c.due_at, c.id),
+        )
+        for call in calls:
+            task = asyncio.create_task(run_call(call, self._registry, self._session))
+            self._running[task] = call
+            task.add_done_callback(self._on_done)
+        if len(rows) < free:
+            # All that is due and free is ours now; sleep until the next one is due.
+            self._set_due(await conn.fetchval(QUERIES["next_due"], True))
+
+    async def _flush(self, conn: asyncpg.Connection) -> None:
+        """Record every finished call in one statement per owner (normally one)."""
+        if not self._outcomes:
+            return
+        outcomes, self._outcomes = self._outcomes, []
+        try:
+            for owner, group in groupby(sorted(outcomes, key=_owner), key=_owner):
+                batch = list(group)
+                parked = [o for o in batch if o.parked is not None]
+                await conn.execute(
+                    QUERIES["finish"],
+                    owner,
+                    [o.call.id for o in batch if o.parked is None],
+                    [o.call.id for o in parked],
+                    [o.parked for o in parked],
+                    [o.error for o in parked],
+                )
+        except BaseException:
+            self._outcomes[:0] = outcomes  # recording is idempotent: retry them all
+            raise
+
+    async def _wait(self) -> None:
+        if self._stopping:
+            return
+        now = self._loop.time()
+        wake_at = self._tick_at
+        if len(self._running) < self._settings.concurrency_limit:
+            wake_at = min(wake_at, self._due_at)
+        if self._outcomes or wake_at <= now:
+            return
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(wake_at - now):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _drain(self) -> None:
+        tasks = list(self._running)
+        if tasks:
+            logger.info(
+                "waiting up to %.1fs for %d running future calls",
+                self._settings.shutdown_grace,
+                len(tasks),
+            )
+            _, pending = await asyncio.wait(tasks, timeout=self._settings.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            await asyncio.sleep(0)  # let the done callbacks collect the last outcomes
+        try:
+            if self._conn is None or self._conn.is_closed():
+                await self._connect()
+            await self._flush(self._connection())
+        except RECOVERABLE as exc:
+            logger.error(
+                "could not record %d finished future calls at shutdown (%r); the next "
+                "dispatcher parks them as interrupted",
+                len(self._outcomes),
+                exc,
+            )
+        await self._close()
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _set_due(self, seconds: float | None) -> None:
+        due = math.inf if seconds is None else self._loop.time() + max(seconds, 0.0)
+        self._due_at = min(due, self._announced)
+
+    def _on_done(self, task: asyncio.Task[Outcome]) -> None:
+        call = self._running.pop(task)
+        if task.cancelled():  # cancelled before its first step, so run_call never saw it
+            outcome = Outcome(call, "interrupted", "cancelled at shutdown before it started")
+        elif (exc := task.exception()) is not None:
+            logger.error(
+                "future call %r (id %d) crashed the runner",
+                call.name,
+                call.id,
+                exc_info=exc,
+                extra={"future_call_name": call.name, "future_call_id": call.id},
+            )
+            outcome = Outcome(call, "failed", f"{type(exc).__name__}: {exc}")
+        else:
+            outcome = task.result()
+        self._outcomes.append(outcome)
+        self._wake.set()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            due = self._loop.time() + max(float(str(payload)), 0.0)
+        except ValueError:
+            due = self._loop.time()
+        self._announced = min(self._announced, due)
+        if due < self._due_at:
+            self._due_at = due
+            self._wake.set()
+
+    def _on_terminated(self, _conn: Any) -> None:
+        self._wake.set()
+
+    def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            raise DatabaseUnavailableError("the dispatcher's connection is closed")
+        return self._conn
+
+    async def _connect(self) -> None:
+        conn = await connect(self._settings)
+        try:
+            namespace = self._settings.lock_namespace
+            if self._worker_id is None or not await conn.fetchval(
+                QUERIES["relock_worker"], namespace, self._worker_id
+            ):
+                while True:
+                    row = await conn.fetchrow(QUERIES["register_worker"], namespace)
+                    assert row is not None
+                    if row["locked"]:
+                        self._worker_id = row["id"]
+                        break
+            await conn.add_listener(CHANNEL, self._on_notify)
+            conn.add_termination_listener(self._on_terminated)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        self._tick_at = 0.0  # sweep and rescan at once: notifications may have been missed
+        logger.info("dispatcher connected as worker %d", self._worker_id)
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), timeout=2)
+            except RECOVERABLE:
+                conn.terminate()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+
+def _owner(outcome: Outcome) -> int:
+    return outcome.call.owner

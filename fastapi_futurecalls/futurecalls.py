@@ -1,0 +1,141 @@
+"""The :class:`FutureCalls` plugin: registry, settings, start and stop, FastAPI glue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from .calls import FutureCall, Registry
+from .dispatcher import Dispatcher
+from .errors import ConfigurationError
+from .session import Session
+from .settings import Settings
+from .store import Store
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+logger = logging.getLogger("fastapi_futurecalls")
+
+
+class FutureCalls:
+    """Future calls for one application.
+
+    Arguments left as ``None`` come from the environment (``FUTURECALLS_*``, the DSN also
+    from ``DATABASE_URL``), then from the defaults documented in the README.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        concurrency_limit: int | None = None,
+        execution_enabled: bool | None = None,
+        poll_interval: float | None = None,
+        shutdown_grace: float | None = None,
+        connect_timeout: float | None = None,
+        pool_size: int | None = None,
+        max_payload_bytes: int | None = None,
+    ) -> None:
+        self.settings = Settings.load(
+            {
+                "dsn": dsn,
+                "concurrency_limit": concurrency_limit,
+                "execution_enabled": execution_enabled,
+                "poll_interval": poll_interval,
+                "shutdown_grace": shutdown_grace,
+                "connect_timeout": connect_timeout,
+                "pool_size": pool_size,
+                "max_payload_bytes": max_payload_bytes,
+            }
+        )
+        self._registry = Registry()
+        self._store: Store | None = None
+        self._dispatcher: Dispatcher | None = None
+
+    def register_future_call(self, call: FutureCall[Any], name: str) -> None:
+        """Make ``call`` schedulable and runnable under ``name`` (unique per app)."""
+        self._registry.register(call, name)
+
+    @property
+    def started(self) -> bool:
+        return self._store is not None
+
+    @property
+    def worker_id(self) -> int | None:
+        """This process's worker number while it dispatches (see docs/design.md)."""
+        return self._dispatcher.worker_id if self._dispatcher else None
+
+    def session(self) -> Session:
+        """A :class:`Session`; use as ``Depends(futurecalls.session)``."""
+        if self._store is None:
+            raise ConfigurationError(
+                "FutureCalls is not started: use FastAPI(lifespan=futurecalls.lifespan), "
+                "futurecalls.include(app), or `async with futurecalls:`"
+            )
+        return Session(self._store, self._registry, self.settings)
+
+    async def start(self) -> None:
+        """Connect, check the schema and, if execution is enabled, start dispatching."""
+        if self._store is not None:
+            raise ConfigurationError("FutureCalls is already started")
+        if not self.settings.dsn:
+            raise ConfigurationError("no database: pass FutureCalls(dsn=...) or set DATABASE_URL")
+        self._store = await Store.open(self.settings)
+        if self.settings.execution_enabled:
+            dispatcher = Dispatcher(self.settings, self._registry, self.session)
+            try:
+                await dispatcher.start()
+            except BaseException:
+                await self._close_store()
+                raise
+            self._dispatcher = dispatcher
+
+    async def stop(self) -> None:
+        """Stop claiming, wait up to ``shutdown_grace`` for running calls, disconnect."""
+        dispatcher, self._dispatcher = self._dispatcher, None
+        try:
+            if dispatcher is not None:
+                await dispatcher.stop()
+        finally:
+            await self._close_store()
+
+    async def _close_store(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
+
+    async def __aenter__(self) -> FutureCalls:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @asynccontextmanager
+    async def lifespan(self, app: object) -> AsyncIterator[None]:
+        """Use as ``FastAPI(lifespan=futurecalls.lifespan)``."""
+        async with self:
+            yield
+
+    def include(self, app: FastAPI) -> None:
+        """Start and stop with ``app``, around the lifespan it already has: future calls
+        are ready during the app's own startup and still there during its shutdown."""
+        inner = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[Any]:
+            async with self:
+                context: AbstractAsyncContextManager[Any] = inner(app)
+                async with context as state:
+                    yield state
+
+        app.router.lifespan_context = lifespan

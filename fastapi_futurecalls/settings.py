@@ -1,0 +1,87 @@
+"""One frozen settings object, filled from arguments, then environment, then defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "FUTURECALLS_"
+# "FUTC" in ASCII: the first key of every advisory lock this library takes (see docs/design.md).
+DEFAULT_LOCK_NAMESPACE = 0x46555443
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Runtime settings of a :class:`~fastapi_futurecalls.FutureCalls`.
+
+    Each field can be set by an environment variable ``FUTURECALLS_<FIELD>`` (upper case);
+    the DSN also falls back to ``DATABASE_URL``. Durations are in seconds.
+    """
+
+    dsn: str | None = None
+    concurrency_limit: int = 10
+    execution_enabled: bool = True
+    poll_interval: float = 10.0
+    shutdown_grace: float = 30.0
+    connect_timeout: float = 10.0
+    pool_size: int = 10
+    max_payload_bytes: int = 1_048_576
+    lock_namespace: int = DEFAULT_LOCK_NAMESPACE
+
+    def __post_init__(self) -> None:
+        _require(self.concurrency_limit >= 1, "concurrency_limit must be at least 1")
+        _require(self.pool_size >= 1, "pool_size must be at least 1")
+        _require(self.poll_interval > 0, "poll_interval must be positive")
+        _require(self.shutdown_grace >= 0, "shutdown_grace must not be negative")
+        _require(self.connect_timeout > 0, "connect_timeout must be positive")
+        _require(self.max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
+        _require(
+            0 <= self.lock_namespace <= 0x7FFFFFFF,
+            "lock_namespace must fit in a positive 32-bit integer",
+        )
+
+    @classmethod
+    def load(
+        cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Explicit ``overrides`` (None values ignored) win over the environment."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is None and field.name == "dsn":
+                raw = env.get("DATABASE_URL")
+            if raw is not None and raw != "":
+                values[field.name] = _parse(field.name, field.type, raw)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**values)
+
+
+def _parse(name: str, type_name: object, raw: str) -> Any:
+    try:
+        if type_name == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if type_name == "int":
+            return int(raw, 0)
+        if type_name == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {type_name}"
+        ) from None
+    return raw
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)

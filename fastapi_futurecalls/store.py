@@ -1,0 +1,120 @@
+"""Runs the named queries with asyncpg and turns driver errors into library errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from .errors import DatabaseError, DatabaseUnavailableError, SchemaMissingError
+from .settings import Settings
+from .sql import QUERIES
+
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+
+
+@contextmanager
+def database_errors(action: str) -> Iterator[None]:
+    """Re-raise asyncpg and socket errors met while doing ``action`` as library errors."""
+    try:
+        yield
+    except asyncpg.UndefinedTableError as exc:
+        raise SchemaMissingError(
+            f"{action}: the future_calls table does not exist; run `alembic upgrade head`"
+        ) from exc
+    except CONNECTION_ERRORS as exc:
+        raise DatabaseUnavailableError(f"{action}: database unavailable: {exc!r}") from exc
+    except asyncpg.PostgresError as exc:
+        raise DatabaseError(f"{action} failed: {exc}") from exc
+
+
+class _PoolConnection(asyncpg.Connection):
+    """Pooled connections keep no session state (no LISTEN, no session locks: those live
+    on the dispatcher's own connection), so releasing one needs no reset round trip."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+async def connect(settings: Settings) -> asyncpg.Connection:
+    """A dedicated connection, outside any pool."""
+    with database_errors("connecting"):
+        async with asyncio.timeout(settings.connect_timeout):
+            return await asyncpg.connect(settings.dsn, timeout=settings.connect_timeout)
+
+
+class Store:
+    """The pool used by sessions to schedule and cancel calls."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._settings = settings
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Store:
+        with database_errors("connecting"):
+            async with asyncio.timeout(settings.connect_timeout):
+                pool = await asyncpg.create_pool(
+                    settings.dsn,
+                    min_size=1,
+                    max_size=settings.pool_size,
+                    timeout=settings.connect_timeout,
+                    connection_class=_PoolConnection,
+                )
+        store = cls(pool, settings)
+        try:
+            await store.check_schema()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def check_schema(self) -> None:
+        with database_errors("checking the schema"):
+            present = await self._pool.fetchval(QUERIES["check_schema"])
+        if not present:
+            raise SchemaMissingError(
+                "the future_calls table does not exist; run `alembic upgrade head` "
+                "(see the README: Migrations)"
+            )
+
+    async def schedule(
+        self,
+        name: str,
+        payload: str | None,
+        identifier: str | None,
+        *,
+        at: datetime | None = None,
+        delay: timedelta | None = None,
+        executor: Any = None,
+    ) -> int:
+        with database_errors(f"scheduling {name!r}"):
+            row = await (executor or self._pool).fetchrow(
+                QUERIES["schedule"],
+                name,
+                payload,
+                identifier,
+                at,
+                delay,
+                self._settings.poll_interval,
+            )
+        assert row is not None
+        return int(row["id"])
+
+    async def cancel(self, identifier: str, *, executor: Any = None) -> int:
+        with database_errors(f"cancelling {identifier!r}"):
+            status = await (executor or self._pool).execute(QUERIES["cancel"], identifier)
+        return int(status.rsplit(" ", 1)[-1])
