@@ -1,0 +1,65 @@
+# Developer tasks for fastapi-futurecalls; `make` (or `make help`) lists them.
+#
+# Targets that need PostgreSQL use $DATABASE_URL when it is set, and otherwise a
+# throwaway local cluster for this checkout, started on demand by scripts/devdb.py.
+
+VENV ?= .venv
+PYTHON ?= python3
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+
+# Prefix for recipe lines that need a database: resolves and exports DATABASE_URL.
+# (Not `export DATABASE_URL=$$(...)`: export would hide a failure of devdb.py.)
+WITH_DB = DATABASE_URL="$${DATABASE_URL:-$$($(PYTHON) scripts/devdb.py ensure)}" && export DATABASE_URL &&
+
+.DEFAULT_GOAL := help
+.PHONY: help venv db db-stop db-destroy migrate run test lint format bench clean
+
+help: ## List the targets
+	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+venv: $(VENV)/.installed ## Create the virtualenv with the package (editable) and dev tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+db: ## Start the dev PostgreSQL cluster if needed; print DATABASE_URL
+	@$(WITH_DB) echo "$$DATABASE_URL"
+
+db-stop: ## Stop the dev PostgreSQL cluster
+	$(PYTHON) scripts/devdb.py stop
+
+db-destroy: ## Stop the dev PostgreSQL cluster and delete its data
+	$(PYTHON) scripts/devdb.py destroy
+
+migrate: venv ## Apply the migrations (alembic upgrade head)
+	$(WITH_DB) $(BIN)/alembic upgrade head
+
+run: migrate ## Serve example_app with 2 uvicorn workers on 127.0.0.1:PORT
+	$(WITH_DB) $(BIN)/uvicorn example_app.app:app --workers 2 --host 127.0.0.1 --port $(PORT)
+
+test: venv ## Run the tests (extra pytest options: PYTEST_ARGS=...)
+	$(WITH_DB) $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv ## Apply ruff's formatting and autofixes
+	$(BIN)/ruff check --fix --exit-zero .
+	$(BIN)/ruff format .
+
+bench: venv ## Run the benchmarks (installs the bench extra)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(WITH_DB) $(BIN)/python -m bench
+
+clean: ## Remove the virtualenv, caches and build output (not the dev database)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,94 @@
+"""Test set-up: a real PostgreSQL (DATABASE_URL, or the local dev cluster started on
+demand), a template database migrated once with alembic, and a fresh clone per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from fastapi_futurecalls import FutureCalls
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def admin_dsn() -> str:
+    dsn = os.environ.get("DATABASE_URL")
+    if not dsn:
+        import devdb
+
+        dsn = devdb.ensure()
+    return dsn
+
+
+def _admin(admin_dsn: str, *statements: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_dsn: str) -> Iterator[str]:
+    name = f"futurecalls_tpl_{os.getpid()}"
+    _admin(admin_dsn, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+    env = {**os.environ, "DATABASE_URL": with_database(admin_dsn, name)}
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    yield name
+    _admin(admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def dsn(admin_dsn: str, template_db: str) -> Iterator[str]:
+    """A migrated database of this test's own."""
+    name = f"futurecalls_t_{uuid.uuid4().hex[:12]}"
+    _admin(admin_dsn, f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    yield with_database(admin_dsn, name)
+    _admin(admin_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection to the test's database, for looking at the table."""
+    conn = await asyncpg.connect(dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+def make_futurecalls(dsn: str) -> Callable[..., FutureCalls]:
+    """FutureCalls on the test database; fast polling unless the test says otherwise."""
+
+    def make(**kwargs: Any) -> FutureCalls:
+        kwargs.setdefault("poll_interval", 1.0)
+        kwargs.setdefault("shutdown_grace", 5.0)
+        return FutureCalls(dsn, **kwargs)
+
+    return make
