@@ -1,0 +1,250 @@
+"""`make bench`: every system on the same PostgreSQL, in one run, side by side.
+
+Prints a table, writes bench/results/latest.json. Options: --quick (smaller N),
+--systems a,b (default: all installed), --out PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from bench.counter import CTX, Counter
+
+SYSTEMS = ["futurecalls", "rawsql"]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(names: list[str]) -> dict[str, ModuleType]:
+    systems = {}
+    for name in names:
+        try:
+            systems[name] = importlib.import_module(f"bench.systems.{name}")
+        except ImportError as exc:
+            print(f"skipping {name}: {exc} (pip install -e '.[bench]')", file=sys.stderr)
+    return systems
+
+
+def bench_dsn(admin_dsn: str) -> str:
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute("DROP DATABASE IF EXISTS futurecalls_bench WITH (FORCE)")
+            await conn.execute("CREATE DATABASE futurecalls_bench")
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return urlunsplit(urlsplit(admin_dsn)._replace(path="/futurecalls_bench"))
+
+
+def run_workers(
+    system: ModuleType, dsn: str, workers: int, counter: Counter, until: int, timeout: float = 300
+) -> float | None:
+    """Start `workers` processes, wait until `until` calls ran; returns the seconds taken."""
+    stop = CTX.Event()
+    started = time.perf_counter()
+    procs = [
+        CTX.Process(target=system.worker, args=(dsn, 10, counter, stop)) for _ in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    finished = counter.wait(until, timeout)
+    elapsed = time.perf_counter() - started
+    time.sleep(0.5)  # let stragglers show up as duplicates
+    stop.set()
+    for proc in procs:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+    return elapsed if finished else None
+
+
+def drain(systems: dict[str, ModuleType], dsn: str, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for system in systems.values():
+        for workers in (1, 2, 4):
+            asyncio.run(system.setup(dsn))
+            asyncio.run(system.enqueue_due(dsn, n))
+            counter = Counter(n)
+            elapsed = run_workers(system, dsn, workers, counter, n)
+            rows.append(
+                {
+                    "system": system.NAME,
+                    "workers": workers,
+                    "calls": n,
+                    "seconds": elapsed,
+                    "calls_per_s": n / elapsed if elapsed else None,
+                    "duplicates": counter.duplicates(),
+                    "missing": counter.missing(),
+                }
+            )
+            print(
+                f"  drain {system.NAME:20} W={workers}: "
+                f"{_fmt(rows[-1]['calls_per_s'])} calls/s, dup {rows[-1]['duplicates']}",
+                file=sys.stderr,
+            )
+    return rows
+
+
+def schedule(systems: dict[str, ModuleType], dsn: str, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for system in systems.values():
+        for mode, fn, args in (
+            ("one at a time (50 coroutines)", "schedule_one_at_a_time", (n, 50)),
+            ("batch", "schedule_batch", (n,)),
+        ):
+            if not hasattr(system, fn):
+                continue
+            asyncio.run(system.setup(dsn))
+            started = time.perf_counter()
+            asyncio.run(getattr(system, fn)(dsn, *args))
+            rate = n / (time.perf_counter() - started)
+            rows.append({"system": system.NAME, "mode": mode, "calls": n, "calls_per_s": rate})
+            print(f"  schedule {system.NAME:20} {mode}: {rate:,.0f} calls/s", file=sys.stderr)
+    return rows
+
+
+def lateness(systems: dict[str, ModuleType], dsn: str, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for system in systems.values():
+        if not hasattr(system, "schedule_ahead"):
+            continue
+        for ahead in (0.3, 0.0):
+            asyncio.run(system.setup(dsn))
+            counter = Counter(n)
+            stop = CTX.Event()
+            proc = CTX.Process(target=system.worker, args=(dsn, 10, counter, stop))
+            proc.start()
+            time.sleep(2)  # idle worker, connected and waiting
+            asyncio.run(system.schedule_ahead(dsn, n, ahead))
+            complete = counter.wait(n, 60)
+            stop.set()
+            proc.join(30)
+            late = sorted(counter.lateness[i] * 1000 for i in range(n) if counter.runs[i])
+            rows.append(
+                {
+                    "system": system.NAME,
+                    "ahead_ms": ahead * 1000,
+                    "calls": n,
+                    "complete": complete,
+                    "p50_ms": statistics.median(late) if late else None,
+                    "p99_ms": late[min(len(late) - 1, int(len(late) * 0.99))] if late else None,
+                    "max_ms": late[-1] if late else None,
+                }
+            )
+            print(
+                f"  lateness {system.NAME:20} +{ahead * 1000:.0f} ms: "
+                f"p50 {_fmt(rows[-1]['p50_ms'], 1)} ms, p99 {_fmt(rows[-1]['p99_ms'], 1)} ms",
+                file=sys.stderr,
+            )
+    return rows
+
+
+def idle(systems: dict[str, ModuleType], dsn: str, seconds: float) -> list[dict[str, Any]]:
+    async def commits() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    "WHERE datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    rows = []
+    for system in systems.values():
+        if not hasattr(system, "schedule_ahead"):
+            continue
+        asyncio.run(system.setup(dsn))
+        stop = CTX.Event()
+        counter = Counter(1)
+        procs = [CTX.Process(target=system.worker, args=(dsn, 10, counter, stop)) for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        # Backends report statistics when idle, rate-limited to one report per second and
+        # otherwise up to 10 s late: wait until the start-up transactions are all counted.
+        time.sleep(12)
+        before = asyncio.run(commits())
+        time.sleep(seconds)
+        stop.set()  # exiting backends report at once; shutting down runs no statement
+        for proc in procs:
+            proc.join(30)
+        time.sleep(1)
+        after = asyncio.run(commits())
+        tps = max(0, after - before - 1) / seconds  # less the `before` look-up itself
+        rows.append({"system": system.NAME, "workers": 4, "seconds": seconds, "tps": tps})
+        print(f"  idle {system.NAME:20}: {tps:.2f} transactions/s", file=sys.stderr)
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"# bench {results['when']} on {results['machine']}", "", "drain (calls/s)"]
+    for row in results["drain"]:
+        lines.append(
+            f"  {row['system']:22} W={row['workers']}  {_fmt(row['calls_per_s']):>9}"
+            f"  duplicates {row['duplicates']}  missing {row['missing']}"
+        )
+    lines.append("schedule (calls/s)")
+    for row in results["schedule"]:
+        lines.append(f"  {row['system']:22} {row['mode']:30} {_fmt(row['calls_per_s']):>9}")
+    lines.append("lateness past due (ms)")
+    for row in results["lateness"]:
+        lines.append(
+            f"  {row['system']:22} +{row['ahead_ms']:.0f} ms  p50 {_fmt(row['p50_ms'], 1):>7}"
+            f"  p99 {_fmt(row['p99_ms'], 1):>7}  max {_fmt(row['max_ms'], 1):>7}"
+        )
+    lines.append("idle cost (transactions/s, 4 workers)")
+    for row in results["idle"]:
+        lines.append(f"  {row['system']:22} {row['tps']:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="N=5,000 instead of 20,000")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    args = parser.parse_args()
+    admin = os.environ.get("DATABASE_URL")
+    if not admin:
+        sys.exit("DATABASE_URL is not set (make bench sets it)")
+    n = 5_000 if args.quick else 20_000
+    systems = load(args.systems.split(","))
+    dsn = bench_dsn(admin)
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "calls": n,
+    }
+    results["drain"] = drain(systems, dsn, n)
+    results["schedule"] = schedule(systems, dsn, 5_000 if args.quick else 10_000)
+    results["lateness"] = lateness(systems, dsn, 200)
+    results["idle"] = idle(systems, dsn, 10 if args.quick else 30)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""This project, through its public API."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing.synchronize
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+from pydantic import BaseModel
+
+from bench.counter import Counter
+from fastapi_futurecalls import FutureCall, FutureCalls, Session
+
+NAME = "fastapi-futurecalls"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Job(BaseModel):
+    i: int
+    due: float = 0.0
+
+
+def futurecalls(dsn: str, counter: Counter | None = None, **kwargs: object) -> FutureCalls:
+    class Hit(FutureCall[Job]):
+        async def invoke(self, session: Session, object: Job | None) -> None:
+            assert object is not None and counter is not None
+            counter.hit(object.i, object.due)
+
+    fc = FutureCalls(dsn, **kwargs)  # type: ignore[arg-type]
+    fc.register_future_call(Hit(), "hit")
+    return fc
+
+
+async def setup(dsn: str) -> None:
+    env = {**os.environ, "DATABASE_URL": dsn}
+    subprocess.run(  # noqa: ASYNC221 - once, before anything is timed
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("TRUNCATE future_calls")
+    finally:
+        await conn.close()
+
+
+async def enqueue_due(dsn: str, n: int) -> None:
+    """n calls already due (a bulk insert: enqueueing is not what this step measures)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO future_calls (name, payload, due_at) "
+            "SELECT 'hit', json_build_object('i', i), now() - interval '1 second' "
+            "FROM generate_series(0, $1 - 1) AS i",
+            n,
+        )
+    finally:
+        await conn.close()
+
+
+def worker(
+    dsn: str, concurrency: int, counter: Counter, stop: multiprocessing.synchronize.Event
+) -> None:
+    async def run() -> None:
+        async with futurecalls(dsn, counter, concurrency_limit=concurrency, shutdown_grace=5):
+            await asyncio.to_thread(stop.wait)
+
+    asyncio.run(run())
+
+
+async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
+    async with futurecalls(dsn, execution_enabled=False, pool_size=coroutines) as fc:
+        session = fc.session()
+
+        async def schedule(start: int) -> None:
+            for i in range(start, n, coroutines):
+                await session.future_call_with_delay("hit", Job(i=i), timedelta(days=1))
+
+        await asyncio.gather(*(schedule(k) for k in range(coroutines)))
+
+
+async def schedule_ahead(dsn: str, n: int, ahead: float) -> None:
+    """Schedule n calls one at a time, each due ``ahead`` seconds after it is scheduled."""
+    async with futurecalls(dsn, execution_enabled=False) as fc:
+        session = fc.session()
+        for i in range(n):
+            due = time.time() + ahead
+            await session.future_call_at_time(
+                "hit", Job(i=i, due=due), datetime.fromtimestamp(due, UTC)
+            )
+            await asyncio.sleep(0.02)
