@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from fastapi_futurecalls.migrations import sqlalchemy_url
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logger", True):
+if config.config_file_name is not None and config.file_config.has_section("loggers"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 

@@ -1,0 +1,76 @@
+"""The migrations: this repo's `alembic upgrade head`/downgrade, and an application's own
+alembic setup including the package's revisions with the two documented lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import asyncpg
+
+from tests.conftest import ROOT
+
+
+def alembic(cwd: Path, dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=cwd,
+        env={**os.environ, "DATABASE_URL": dsn},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+async def tables(db: asyncpg.Connection) -> set[str]:
+    rows = await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return {r["tablename"] for r in rows}
+
+
+async def test_downgrade_and_upgrade_again(dsn: str, db: asyncpg.Connection):
+    alembic(ROOT, dsn, "downgrade", "base")
+    assert "future_calls" not in await tables(db)
+    alembic(ROOT, dsn, "upgrade", "head")
+    assert "future_calls" in await tables(db)
+    indexes = {
+        r["indexname"]
+        for r in await db.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'future_calls'")
+    }
+    assert {"future_calls_due_idx", "future_calls_identifier_idx"} <= indexes
+
+
+async def test_an_application_s_own_alembic_includes_the_package_revisions(
+    dsn: str, db: asyncpg.Connection, tmp_path: Path
+):
+    alembic(ROOT, dsn, "downgrade", "base")
+    (tmp_path / "alembic" / "versions").mkdir(parents=True)
+    (tmp_path / "alembic.ini").write_text(
+        textwrap.dedent("""
+        [alembic]
+        script_location = %(here)s/alembic
+        path_separator = space
+        version_locations = %(here)s/alembic/versions fastapi_futurecalls:migrations/versions
+    """)
+    )
+    (tmp_path / "alembic" / "env.py").write_text((ROOT / "migrations" / "env.py").read_text())
+    (tmp_path / "alembic" / "versions" / "0001_users.py").write_text(
+        textwrap.dedent("""
+        from alembic import op
+        revision = "app_0001"
+        down_revision = None
+        branch_labels = ("app",)
+        depends_on = None
+        def upgrade():
+            op.execute("CREATE TABLE users (id serial PRIMARY KEY)")
+        def downgrade():
+            op.execute("DROP TABLE users")
+    """)
+    )
+    alembic(tmp_path, dsn, "upgrade", "heads")
+    assert {"users", "future_calls"} <= await tables(db)
+    heads = alembic(tmp_path, dsn, "current").stdout
+    assert "app_0001" in heads and "futurecalls_0001" in heads
