@@ -13,15 +13,18 @@ from .errors import (
     SchemaMissingError,
 )
 from .futurecalls import FutureCalls
+from .records import CallState, FutureCallRecord
 from .session import Session
 from .settings import Settings
 
 __all__ = [
+    "CallState",
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailableError",
     "FutureCall",
     "FutureCallError",
+    "FutureCallRecord",
     "FutureCalls",
     "InvalidPayloadError",
     "InvalidScheduleError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+DECODE_ERRORS = (ValidationError, ValueError)
 MAX_NAME_LENGTH = 200
 MAX_IDENTIFIER_LENGTH = 500
 
@@ -26,10 +28,19 @@ class FutureCall(Generic[ModelT]):
     """Work to run later. Subclass as ``FutureCall[MyModel]`` and override :meth:`invoke`.
 
     The payload model is read from the type argument; a subclass without one takes no
-    payload (``data`` must be ``None``).
+    payload (``data`` must be ``None``). The delivery policy is set by class attributes:
+
+    - ``max_attempts`` (default 1: at most once): with more, an exception, a timeout or an
+      interrupted run schedules another attempt, ``retry_backoff`` later (doubling, with
+      jitter); after the last, the call is parked as ``"failed"``.
+    - ``timeout`` (default None): an ``invoke`` running longer is cancelled, and that
+      counts as a failed attempt.
     """
 
     model: ClassVar[type[BaseModel] | None] = None
+    max_attempts: ClassVar[int] = 1
+    retry_backoff: ClassVar[timedelta] = timedelta(seconds=1)
+    timeout: ClassVar[timedelta | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -57,7 +68,17 @@ class FutureCall(Generic[ModelT]):
             raise InvalidPayloadError(
                 f"{type(self).__name__} takes {expected} as data, got {type(data).__name__}"
             )
-        return data.model_dump_json()
+        payload = data.model_dump_json()
+        try:
+            equal = self.model.model_validate_json(payload) == data
+        except DECODE_ERRORS:
+            equal = False
+        if not equal:  # e.g. NaN or infinite floats, lossy custom serializers
+            raise InvalidScheduleError(
+                f"{type(data).__name__} does not survive its JSON round trip unchanged, so "
+                f"{type(self).__name__} could not receive it as given: {payload[:200]}"
+            )
+        return payload
 
     def decode(self, payload: str | None) -> ModelT | None:
         """The model for stored JSON; raises pydantic's ``ValidationError`` if it no longer fits."""
@@ -66,9 +87,6 @@ class FutureCall(Generic[ModelT]):
         if self.model is None:
             raise ValueError(f"{type(self).__name__} takes no data, but the call has a payload")
         return self.model.model_validate_json(payload)  # type: ignore[return-value]
-
-
-DECODE_ERRORS = (ValidationError, ValueError)
 
 
 def validate_name(name: object, what: str = "name") -> str:
@@ -98,6 +116,7 @@ class Registry:
             raise RegistrationError(str(exc)) from None
         if name in self._calls:
             raise RegistrationError(f"a future call is already registered as {name!r}")
+        _check_policy(call)
         self._calls[name] = call
 
     def get(self, name: str) -> FutureCall[Any]:
@@ -111,3 +130,18 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._calls)
+
+
+def _check_policy(call: FutureCall[Any]) -> None:
+    kind = type(call).__name__
+    attempts, backoff, timeout = call.max_attempts, call.retry_backoff, call.timeout
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        raise RegistrationError(
+            f"{kind}.max_attempts must be an int of at least 1, not {attempts!r}"
+        )
+    if not isinstance(backoff, timedelta) or backoff < timedelta(0):
+        raise RegistrationError(f"{kind}.retry_backoff must be a timedelta >= 0, not {backoff!r}")
+    if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
+        raise RegistrationError(
+            f"{kind}.timeout must be None or a positive timedelta, not {timeout!r}"
+        )

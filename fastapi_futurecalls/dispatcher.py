@@ -18,7 +18,7 @@ import asyncpg
 
 from .calls import Registry
 from .errors import DatabaseError, DatabaseUnavailableError
-from .runner import ClaimedCall, Outcome, run_call
+from .runner import ClaimedCall, Outcome, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
 from .sql import QUERIES
@@ -110,13 +110,19 @@ class Dispatcher:
         """Safety net: park calls of dead workers, and learn the next due time afresh."""
         self._tick_at = self._loop.time() + self._settings.poll_interval * random.uniform(0.9, 1.1)
         self._announced = math.inf
-        row = await conn.fetchrow(QUERIES["sweep"], self._settings.lock_namespace)
+        row = await conn.fetchrow(
+            QUERIES["sweep"], self._settings.lock_namespace, self._settings.restart_grace
+        )
         assert row is not None
-        for call_id, name in zip(row["dead_ids"], row["dead_names"], strict=True):
+        for call_id, name, state in zip(
+            row["dead_ids"], row["dead_names"], row["dead_states"], strict=True
+        ):
+            verdict = "rescheduled" if state == "scheduled" else f"parked as {state}"
             logger.error(
-                "future call %r (id %d) parked as interrupted: its worker died while it ran",
+                "future call %r (id %d) %s: its worker died while it ran",
                 name,
                 call_id,
+                verdict,
                 extra={"future_call_name": name, "future_call_id": call_id},
             )
         self._set_due(row["next_due_in"])
@@ -146,14 +152,17 @@ class Dispatcher:
         try:
             for owner, group in groupby(sorted(outcomes, key=_owner), key=_owner):
                 batch = list(group)
-                parked = [o for o in batch if o.parked is not None]
+                done = [o.call for o in batch if o.state == "done"]
+                other = [o for o in batch if o.state != "done"]
                 await conn.execute(
                     QUERIES["finish"],
                     owner,
-                    [o.call.id for o in batch if o.parked is None],
-                    [o.call.id for o in parked],
-                    [o.parked for o in parked],
-                    [o.error for o in parked],
+                    [c.id for c in done],
+                    [c.attempts for c in done],
+                    [o.call.id for o in other],
+                    [o.call.attempts for o in other],
+                    [o.state for o in other],
+                    [o.error for o in other],
                 )
         except BaseException:
             self._outcomes[:0] = outcomes  # recording is idempotent: retry them all
@@ -210,8 +219,8 @@ class Dispatcher:
 
     def _on_done(self, task: asyncio.Task[Outcome]) -> None:
         call = self._running.pop(task)
-        if task.cancelled():  # cancelled before its first step, so run_call never saw it
-            outcome = Outcome(call, "interrupted", "cancelled at shutdown before it started")
+        if task.cancelled():  # before its first step (run_call never saw it), or disowned
+            outcome = unsuccessful(call, "cancelled before it started", interrupted=True)
         elif (exc := task.exception()) is not None:
             logger.error(
                 "future call %r (id %d) crashed the runner",
@@ -220,7 +229,7 @@ class Dispatcher:
                 exc_info=exc,
                 extra={"future_call_name": call.name, "future_call_id": call.id},
             )
-            outcome = Outcome(call, "failed", f"{type(exc).__name__}: {exc}")
+            outcome = unsuccessful(call, f"{type(exc).__name__}: {exc}")
         else:
             outcome = task.result()
         self._outcomes.append(outcome)
@@ -259,12 +268,39 @@ class Dispatcher:
                         break
             await conn.add_listener(CHANNEL, self._on_notify)
             conn.add_termination_listener(self._on_terminated)
+            await self._disown_swept(conn)
         except BaseException:
             conn.terminate()
             raise
         self._conn = conn
         self._tick_at = 0.0  # sweep and rescan at once: notifications may have been missed
         logger.info("dispatcher connected as worker %d", self._worker_id)
+
+    async def _disown_swept(self, conn: asyncpg.Connection) -> None:
+        """After a reconnect: stop local runs of calls another worker swept meanwhile
+        (rescheduled or parked), so that a retry elsewhere never overlaps with them."""
+        if not self._running:
+            return
+        calls = list(self._running.values())
+        owned = {
+            row["id"]
+            for row in await conn.fetch(
+                QUERIES["still_owned"],
+                self._worker_id,
+                [c.id for c in calls],
+                [c.attempts for c in calls],
+            )
+        }
+        for task, call in list(self._running.items()):
+            if call.id not in owned:
+                logger.warning(
+                    "future call %r (id %d) was swept while the database was unreachable; "
+                    "stopping this run",
+                    call.name,
+                    call.id,
+                    extra={"future_call_name": call.name, "future_call_id": call.id},
+                )
+                task.cancel()
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -14,7 +14,7 @@ from .session import Session
 
 logger = logging.getLogger("fastapi_futurecalls")
 
-Parked = Literal["failed", "interrupted"]
+NextState = Literal["done", "scheduled", "failed", "interrupted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,16 +27,28 @@ class ClaimedCall:
     identifier: str | None
     due_at: datetime
     attempts: int
+    max_attempts: int
     owner: int
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a call ended: ``parked`` is None when it completed (its row is deleted)."""
+    """How a run ended, and where its row goes: deleted ("done"), back in line for another
+    attempt ("scheduled"), or parked ("failed", "interrupted") with ``error``."""
 
     call: ClaimedCall
-    parked: Parked | None = None
+    state: NextState = "done"
     error: str | None = None
+
+
+def unsuccessful(call: ClaimedCall, error: str, *, interrupted: bool = False) -> Outcome:
+    """Retry while attempts are left; then park. At most once (the default) keeps
+    "interrupted" apart from "failed"; with retries, running out is a failure."""
+    if call.attempts < call.max_attempts:
+        return Outcome(call, "scheduled", error)
+    if interrupted and call.max_attempts == 1:
+        return Outcome(call, "interrupted", error)
+    return Outcome(call, "failed", error)
 
 
 def _log_extra(call: ClaimedCall) -> dict[str, object]:
@@ -53,7 +65,7 @@ async def run_call(
         logger.error(
             "future call %r (id %d) not run: %s", call.name, call.id, error, extra=_log_extra(call)
         )
-        return Outcome(call, "failed", error)
+        return Outcome(call, "failed", error)  # bad data: another attempt cannot help
     try:
         data = handler.decode(call.payload)
     except DECODE_ERRORS as exc:
@@ -62,17 +74,26 @@ async def run_call(
             "future call %r (id %d) not run: %s", call.name, call.id, error, extra=_log_extra(call)
         )
         return Outcome(call, "failed", error)
+    timeout = handler.timeout.total_seconds() if handler.timeout is not None else None
+    deadline = asyncio.timeout(timeout)
     try:
-        await handler.invoke(session(), data)
+        async with deadline:
+            await handler.invoke(session(), data)
     except asyncio.CancelledError:
         logger.warning(
-            "future call %r (id %d) cancelled at shutdown, parked as interrupted",
+            "future call %r (id %d) cancelled at shutdown",
             call.name,
             call.id,
             extra=_log_extra(call),
         )
-        return Outcome(call, "interrupted", "cancelled at shutdown after the grace period")
+        return unsuccessful(call, "cancelled at shutdown after the grace period", interrupted=True)
     except Exception as exc:
+        if isinstance(exc, TimeoutError) and deadline.expired():  # ours, not invoke's own
+            error = f"timed out after {handler.timeout}"
+            logger.error(
+                "future call %r (id %d) %s", call.name, call.id, error, extra=_log_extra(call)
+            )
+            return unsuccessful(call, error)
         logger.exception(
             "future call %r (id %d) raised %s",
             call.name,
@@ -80,6 +101,6 @@ async def run_call(
             type(exc).__name__,
             extra=_log_extra(call),
         )
-        return Outcome(call, "failed", f"{type(exc).__name__}: {exc}")
+        return unsuccessful(call, f"{type(exc).__name__}: {exc}")
     logger.debug("future call %r (id %d) done", call.name, call.id, extra=_log_extra(call))
     return Outcome(call)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel
 
-from .calls import Registry, validate_name
+from .calls import DECODE_ERRORS, Registry, validate_name
 from .errors import InvalidScheduleError
+from .records import CALL_STATES, FutureCallRecord
 from .settings import Settings
 from .store import Store
 
 
 class Session:
-    """Schedules and cancels future calls. Get one with ``Depends(futurecalls.session)``,
-    or from ``futurecalls.session()`` inside ``async with futurecalls``; a running call
-    receives one as the first argument of ``invoke``."""
+    """Schedules, cancels and inspects future calls. Get one with
+    ``Depends(futurecalls.session)``, or from ``futurecalls.session()`` inside
+    ``async with futurecalls``; a running call receives one as the first argument of
+    ``invoke``."""
 
     def __init__(self, store: Store, registry: Registry, settings: Settings) -> None:
         self._store = store
@@ -31,12 +34,8 @@ class Session:
     ) -> int:
         """Run the call registered as ``name`` with ``data`` once ``delay`` has passed,
         measured from the database's clock. Returns the new call's id."""
-        if not isinstance(delay, timedelta):
-            raise InvalidScheduleError(f"delay must be a timedelta, got {type(delay).__name__}")
-        if delay < timedelta(0):
-            raise InvalidScheduleError(f"delay must not be negative, got {delay}")
-        payload = self._prepare(name, data, identifier)
-        return await self._store.schedule(name, payload, identifier, delay=delay)
+        _check_delay(delay)
+        return await self._schedule(name, data, identifier, delay=delay)
 
     async def future_call_at_time(
         self,
@@ -47,27 +46,104 @@ class Session:
     ) -> int:
         """Run the call registered as ``name`` with ``data`` at ``when``; a time in the
         past runs at once. A naive ``when`` is taken as UTC. Returns the new call's id."""
-        if not isinstance(when, datetime):
-            raise InvalidScheduleError(f"when must be a datetime, got {type(when).__name__}")
-        if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
-            when = when.replace(tzinfo=UTC)
-        payload = self._prepare(name, data, identifier)
-        return await self._store.schedule(name, payload, identifier, at=when)
+        return await self._schedule(name, data, identifier, at=_aware(when))
 
     async def cancel_future_call(self, identifier: str) -> int:
         """Remove every pending call scheduled with ``identifier``; returns how many."""
         validate_name(identifier, "identifier")
         return await self._store.cancel(identifier)
 
-    def _prepare(self, name: str, data: BaseModel | None, identifier: str | None) -> str | None:
-        """Validate everything before anything is stored; returns the payload JSON."""
+    async def list_future_calls(
+        self,
+        *,
+        identifier: str | None = None,
+        name: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[FutureCallRecord]:
+        """Stored calls matching every filter given, by due time, at most ``limit``."""
+        if state is not None and state not in CALL_STATES:
+            raise InvalidScheduleError(
+                f"state must be one of {', '.join(sorted(CALL_STATES))}, got {state!r}"
+            )
+        if not isinstance(limit, int) or limit < 1:
+            raise InvalidScheduleError(f"limit must be a positive int, got {limit!r}")
+        rows = await self._store.list(identifier, name, state, limit)
+        return [self._record(row) for row in rows]
+
+    async def get_future_call(self, call_id: int) -> FutureCallRecord | None:
+        """The stored call with this id, or None (completed calls are not kept)."""
+        row = await self._store.get(call_id)
+        return None if row is None else self._record(row)
+
+    async def reschedule_future_call(
+        self, call_id: int, *, when: datetime | None = None, delay: timedelta | None = None
+    ) -> bool:
+        """Put a parked (``failed`` or ``interrupted``) call back in line, due at ``when``
+        or after ``delay`` (default: now), with a fresh attempt budget. Returns False if
+        no parked call has this id."""
+        if when is not None and delay is not None:
+            raise InvalidScheduleError("give when or delay, not both")
+        if delay is not None:
+            _check_delay(delay)
+        at = _aware(when) if when is not None else None
+        return await self._store.reschedule(call_id, at, delay if at is None else None)
+
+    async def delete_future_call(self, call_id: int) -> bool:
+        """Remove a call that is not running (pending or parked); False if there is none."""
+        return await self._store.delete(call_id)
+
+    async def _schedule(
+        self,
+        name: str,
+        data: BaseModel | None,
+        identifier: str | None,
+        *,
+        at: datetime | None = None,
+        delay: timedelta | None = None,
+    ) -> int:
+        """Validate everything before anything is stored, then store the call."""
         validate_name(name)
         if identifier is not None:
             validate_name(identifier, "identifier")
-        payload = self._registry.get(name).encode(data)
+        call = self._registry.get(name)
+        payload = call.encode(data)
         if payload is not None and len(payload.encode()) > self._settings.max_payload_bytes:
             raise InvalidScheduleError(
                 f"the payload of {name!r} is {len(payload.encode())} bytes, over the "
                 f"limit of {self._settings.max_payload_bytes} (max_payload_bytes)"
             )
-        return payload
+        return await self._store.schedule(
+            name,
+            payload,
+            identifier,
+            max_attempts=call.max_attempts,
+            retry_backoff=call.retry_backoff,
+            at=at,
+            delay=delay,
+        )
+
+    def _record(self, row: Any) -> FutureCallRecord:
+        call = self._registry.find(row["name"])
+        payload = None
+        if call is not None and row["payload"] is not None:
+            try:
+                payload = call.decode(row["payload"])
+            except DECODE_ERRORS:
+                payload = None
+        return FutureCallRecord.from_row(row, payload)
+
+
+def _check_delay(delay: object) -> None:
+    if not isinstance(delay, timedelta):
+        raise InvalidScheduleError(f"delay must be a timedelta, got {type(delay).__name__}")
+    if delay < timedelta(0):
+        raise InvalidScheduleError(f"delay must not be negative, got {delay}")
+
+
+def _aware(when: object) -> datetime:
+    if not isinstance(when, datetime):
+        raise InvalidScheduleError(f"when must be a datetime, got {type(when).__name__}")
+    if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+        return when.replace(tzinfo=UTC)
+    return when

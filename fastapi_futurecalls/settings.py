@@ -28,6 +28,7 @@ class Settings:
     execution_enabled: bool = True
     poll_interval: float = 10.0
     shutdown_grace: float = 30.0
+    restart_grace: float = 20.0
     connect_timeout: float = 10.0
     pool_size: int = 10
     max_payload_bytes: int = 1_048_576
@@ -38,6 +39,7 @@ class Settings:
         _require(self.pool_size >= 1, "pool_size must be at least 1")
         _require(self.poll_interval > 0, "poll_interval must be positive")
         _require(self.shutdown_grace >= 0, "shutdown_grace must not be negative")
+        _require(self.restart_grace >= 0, "restart_grace must not be negative")
         _require(self.connect_timeout > 0, "connect_timeout must be positive")
         _require(self.max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
         _require(

@@ -97,6 +97,8 @@ class Store:
         payload: str | None,
         identifier: str | None,
         *,
+        max_attempts: int,
+        retry_backoff: timedelta,
         at: datetime | None = None,
         delay: timedelta | None = None,
         executor: Any = None,
@@ -110,6 +112,8 @@ class Store:
                 at,
                 delay,
                 self._settings.poll_interval,
+                max_attempts,
+                retry_backoff,
             )
         assert row is not None
         return int(row["id"])
@@ -118,3 +122,24 @@ class Store:
         with database_errors(f"cancelling {identifier!r}"):
             status = await (executor or self._pool).execute(QUERIES["cancel"], identifier)
         return int(status.rsplit(" ", 1)[-1])
+
+    async def list(
+        self, identifier: str | None, name: str | None, state: str | None, limit: int
+    ) -> list[asyncpg.Record]:
+        with database_errors("listing future calls"):
+            return await self._pool.fetch(QUERIES["list"], identifier, name, state, limit)
+
+    async def get(self, call_id: int) -> asyncpg.Record | None:
+        with database_errors(f"reading future call {call_id}"):
+            return await self._pool.fetchrow(QUERIES["get"], call_id)
+
+    async def reschedule(self, call_id: int, at: datetime | None, delay: timedelta | None) -> bool:
+        with database_errors(f"rescheduling future call {call_id}"):
+            row = await self._pool.fetchrow(
+                QUERIES["reschedule"], call_id, at, delay, self._settings.poll_interval
+            )
+        return row is not None
+
+    async def delete(self, call_id: int) -> bool:
+        with database_errors(f"deleting future call {call_id}"):
+            return await self._pool.fetchval(QUERIES["delete"], call_id) is not None

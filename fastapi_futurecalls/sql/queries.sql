@@ -9,9 +9,10 @@ SELECT to_regclass('future_calls') IS NOT NULL AS present;
 -- Store one call, due at $4 or else at the database's now() + $5, and wake the
 -- dispatchers when it falls due within their poll interval ($6, seconds); calls due
 -- later are found by the periodic scan. The NOTIFY payload is seconds until due.
+-- $7 and $8 are the call's delivery policy (max_attempts, retry_backoff).
 WITH inserted AS (
-    INSERT INTO future_calls (name, payload, identifier, due_at)
-    VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval))
+    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
+    VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $7, $8)
     RETURNING id, due_at
 )
 SELECT id,
@@ -48,24 +49,40 @@ UPDATE future_calls AS c
 SET state = 'running', owner = $2, attempts = c.attempts + 1, started_at = now()
 FROM due
 WHERE c.id = due.id
-RETURNING c.id, c.name, c.payload, c.identifier, c.due_at, c.attempts;
+RETURNING c.id, c.name, c.payload, c.identifier, c.due_at, c.attempts, c.max_attempts;
 
 -- name: finish
--- Record a batch of outcomes of worker $1: done calls ($2) leave the table,
--- parked ones ($3 ids, $4 states, $5 errors) keep their row with the reason.
--- The owner check makes a worker whose calls were swept unable to touch them.
+-- Record a batch of outcomes of worker $1: done calls ($2 ids, $3 attempts) leave the
+-- table; the others ($4 ids, $5 attempts, $6 next states, $7 errors) are parked, or
+-- rescheduled for another attempt after the call's backoff (doubling, with jitter).
+-- Owner and attempt number fence the write: an outcome of a run whose row was swept,
+-- or claimed again since, matches nothing.
 WITH done AS (
-    DELETE FROM future_calls
-    WHERE id = ANY($2::bigint[]) AND owner = $1 AND state = 'running'
-    RETURNING id
+    DELETE FROM future_calls AS c
+    USING unnest($2::bigint[], $3::integer[]) AS d(id, attempts)
+    WHERE c.id = d.id AND c.attempts = d.attempts AND c.owner = $1 AND c.state = 'running'
+    RETURNING c.id
 ), parked AS (
     UPDATE future_calls AS c
-    SET state = p.state, last_error = p.error, owner = NULL, finished_at = now()
-    FROM unnest($3::bigint[], $4::text[], $5::text[]) AS p(id, state, error)
-    WHERE c.id = p.id AND c.owner = $1 AND c.state = 'running'
+    SET state = p.state, last_error = p.error, owner = NULL,
+        finished_at = CASE WHEN p.state = 'scheduled' THEN NULL ELSE now() END,
+        due_at = CASE WHEN p.state = 'scheduled'
+                      THEN now() + c.retry_backoff * power(2, least(c.attempts - 1, 16))
+                                   * (0.75 + random() * 0.5)
+                      ELSE c.due_at END
+    FROM unnest($4::bigint[], $5::integer[], $6::text[], $7::text[])
+         AS p(id, attempts, state, error)
+    WHERE c.id = p.id AND c.attempts = p.attempts AND c.owner = $1 AND c.state = 'running'
     RETURNING c.id
 )
 SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM parked) AS recorded;
+
+-- name: still_owned
+-- Which of these running calls (ids $2, attempts $3) are still worker $1's, after a
+-- reconnect: the others were swept meanwhile, and their local runs must stop.
+SELECT c.id FROM future_calls AS c
+JOIN unnest($2::bigint[], $3::integer[]) AS r(id, attempts) ON r.id = c.id
+WHERE c.attempts = r.attempts AND c.owner = $1 AND c.state = 'running';
 
 -- name: next_due
 -- Seconds until the next pending call falls due (negative: overdue), NULL if none.
@@ -75,23 +92,73 @@ FROM future_calls
 WHERE state = 'scheduled' AND (NOT $1::boolean OR due_at > now());
 
 -- name: sweep
--- Park as interrupted every running call whose worker's advisory lock is gone:
--- PostgreSQL released it when that worker's connection ended. Also returns the
--- seconds until the next pending call, so an idle tick costs one statement.
+-- Calls whose worker's advisory lock is gone: PostgreSQL released it when that worker's
+-- connection ended. Each is rescheduled if it has attempts left, else parked (as
+-- 'interrupted' under the default at-most-once policy, 'failed' once retries ran out).
+-- Right after a server restart every lock is gone, live workers' too: calls claimed
+-- before the restart wait $2 seconds for their workers to reconnect and take their
+-- locks back. Also returns the seconds until the next pending call, so an idle tick
+-- costs one statement.
 WITH dead AS (
     UPDATE future_calls AS c
-    SET state = 'interrupted', owner = NULL, finished_at = now(),
+    SET state = CASE WHEN c.attempts < c.max_attempts THEN 'scheduled'
+                     WHEN c.max_attempts > 1 THEN 'failed'
+                     ELSE 'interrupted' END,
+        due_at = CASE WHEN c.attempts < c.max_attempts
+                      THEN now() + c.retry_backoff * power(2, least(c.attempts - 1, 16))
+                                   * (0.75 + random() * 0.5)
+                      ELSE c.due_at END,
+        finished_at = CASE WHEN c.attempts < c.max_attempts THEN NULL ELSE now() END,
+        owner = NULL,
         last_error = 'interrupted: its worker''s database session ended while it ran'
     WHERE c.state = 'running'
+      AND (c.started_at > pg_postmaster_start_time()
+           OR pg_postmaster_start_time() < now() - make_interval(secs => $2))
       AND NOT EXISTS (
           SELECT 1 FROM pg_locks AS l
           WHERE l.locktype = 'advisory'
             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND l.classid::bigint = $1 AND l.objid::bigint = c.owner
             AND l.objsubid = 2 AND l.granted)
-    RETURNING c.id, c.name
+    RETURNING c.id, c.name, c.state
 )
 SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM dead) AS dead_ids,
        (SELECT coalesce(array_agg(name ORDER BY id), '{}') FROM dead) AS dead_names,
+       (SELECT coalesce(array_agg(state ORDER BY id), '{}') FROM dead) AS dead_states,
        (SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8
         FROM future_calls WHERE state = 'scheduled') AS next_due_in;
+
+-- name: list
+-- Calls matching the optional filters, by due time.
+SELECT id, name, state, due_at, identifier, attempts, max_attempts, last_error, payload,
+       created_at, started_at, finished_at
+FROM future_calls
+WHERE ($1::text IS NULL OR identifier = $1)
+  AND ($2::text IS NULL OR name = $2)
+  AND ($3::text IS NULL OR state = $3)
+ORDER BY due_at, id
+LIMIT $4;
+
+-- name: get
+SELECT id, name, state, due_at, identifier, attempts, max_attempts, last_error, payload,
+       created_at, started_at, finished_at
+FROM future_calls WHERE id = $1;
+
+-- name: reschedule
+-- Put a parked ('failed' or 'interrupted') call back in line, with a fresh attempt budget.
+WITH moved AS (
+    UPDATE future_calls
+    SET state = 'scheduled', attempts = 0, last_error = NULL, finished_at = NULL,
+        due_at = COALESCE($2::timestamptz, now() + $3::interval)
+    WHERE id = $1 AND state IN ('failed', 'interrupted')
+    RETURNING id, due_at
+)
+SELECT id,
+       CASE WHEN due_at < now() + make_interval(secs => $4)
+            THEN pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
+       END AS notified
+FROM moved;
+
+-- name: delete
+-- Remove a call that is not running; returns its id if it was removed.
+DELETE FROM future_calls WHERE id = $1 AND state <> 'running' RETURNING id;

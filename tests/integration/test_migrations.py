@@ -73,4 +73,4 @@ async def test_an_application_s_own_alembic_includes_the_package_revisions(
     alembic(tmp_path, dsn, "upgrade", "heads")
     assert {"users", "future_calls"} <= await tables(db)
     heads = alembic(tmp_path, dsn, "current").stdout
-    assert "app_0001" in heads and "futurecalls_0001" in heads
+    assert "app_0001 (head)" in heads and "futurecalls_0002 (head)" in heads
