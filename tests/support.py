@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -63,3 +65,25 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
         await asyncio.sleep(0.02)
+
+
+class RunLog:
+    """Reads the `started/done <n> <pid>` lines that tests/apps/worker_app.py appends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.touch()
+
+    def events(self, kind: str) -> list[tuple[int, int]]:
+        lines = self.path.read_text().splitlines()
+        return [
+            (int(n), int(pid))
+            for event, n, pid in (line.split() for line in lines)
+            if event == kind
+        ]
+
+    def count(self, kind: str = "done") -> int:
+        return len(self.events(kind))
+
+    def runs(self, kind: str = "done") -> Counter[int]:
+        return Counter(n for n, _ in self.events(kind))

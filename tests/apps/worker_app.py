@@ -1,7 +1,9 @@
 """A FastAPI app run by the multi-process tests under real `uvicorn --workers N`.
 
-Each run of the `record` call inserts (n, pid) into `executions`; the table has no unique
-key, so a call that ran twice shows up as a duplicate row. `started` records starts.
+Calls append `started <n> <pid>` and `done <n> <pid>` lines to the file named by
+$FUTURECALLS_TEST_LOG (O_APPEND writes of one short line are atomic), so the tests can
+count runs without depending on the database being up. `record` runs at most once;
+`retried` has three attempts.
 """
 
 from __future__ import annotations
@@ -10,16 +12,11 @@ import asyncio
 import os
 from datetime import timedelta
 
-import asyncpg
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from fastapi_futurecalls import FutureCall, FutureCalls, Session
-
-SETUP = """
-CREATE TABLE IF NOT EXISTS executions (n integer NOT NULL, pid integer NOT NULL);
-CREATE TABLE IF NOT EXISTS started (n integer NOT NULL, pid integer NOT NULL);
-"""
+from fastapi_futurecalls import DatabaseUnavailableError, FutureCall, FutureCalls, Session
 
 
 class Job(BaseModel):
@@ -27,32 +24,38 @@ class Job(BaseModel):
     sleep: float = 0.0
 
 
+def log(event: str, n: int) -> None:
+    fd = os.open(os.environ["FUTURECALLS_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{event} {n} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
 class Record(FutureCall[Job]):
-    def __init__(self) -> None:
-        self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
-
-    async def pool(self) -> asyncpg.Pool:
-        async with self._lock:
-            if self._pool is None:
-                self._pool = await asyncpg.create_pool(
-                    os.environ["DATABASE_URL"], min_size=1, max_size=4
-                )
-        return self._pool
-
     async def invoke(self, session: Session, object: Job | None) -> None:
         assert object is not None
-        pool = await self.pool()
         if object.sleep:
-            await pool.execute("INSERT INTO started VALUES ($1, $2)", object.n, os.getpid())
+            log("started", object.n)
             await asyncio.sleep(object.sleep)
-        await pool.execute("INSERT INTO executions VALUES ($1, $2)", object.n, os.getpid())
+        log("done", object.n)
+
+
+class Retried(Record):
+    max_attempts = 3
+    retry_backoff = timedelta(milliseconds=100)
 
 
 futurecalls = FutureCalls()
 futurecalls.register_future_call(Record(), "record")
+futurecalls.register_future_call(Retried(), "retried")
 app = FastAPI()
 futurecalls.include(app)
+
+
+@app.exception_handler(DatabaseUnavailableError)
+async def database_unavailable(request: Request, exc: DatabaseUnavailableError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 @app.get("/health")
@@ -62,7 +65,10 @@ async def health() -> dict[str, object]:
 
 @app.post("/schedule")
 async def schedule(
-    job: Job, delay_ms: int = 0, session: Session = Depends(futurecalls.session)
+    job: Job,
+    delay_ms: int = 0,
+    name: str = "record",
+    session: Session = Depends(futurecalls.session),
 ) -> dict[str, int]:
-    call_id = await session.future_call_with_delay("record", job, timedelta(milliseconds=delay_ms))
+    call_id = await session.future_call_with_delay(name, job, timedelta(milliseconds=delay_ms))
     return {"id": call_id}
