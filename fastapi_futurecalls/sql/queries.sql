@@ -149,7 +149,7 @@ FROM future_calls WHERE id = $1;
 WITH moved AS (
     UPDATE future_calls
     SET state = 'scheduled', attempts = 0, last_error = NULL, finished_at = NULL,
-        due_at = COALESCE($2::timestamptz, now() + $3::interval)
+        due_at = COALESCE($2::timestamptz, now() + $3::interval, now())
     WHERE id = $1 AND state IN ('failed', 'interrupted')
     RETURNING id, due_at
 )
