@@ -17,8 +17,11 @@ import asyncpg
 import pytest
 
 from fastapi_futurecalls import FutureCalls
+from tests.processes import Uvicorn
+from tests.support import RunLog
 
 ROOT = Path(__file__).resolve().parent.parent
+WORKER_APP = "tests.apps.worker_app:app"
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
@@ -92,3 +95,28 @@ def make_futurecalls(dsn: str) -> Callable[..., FutureCalls]:
         return FutureCalls(dsn, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def runlog(tmp_path: Path) -> RunLog:
+    return RunLog(tmp_path / "runs.log")
+
+
+@pytest.fixture
+def serve(runlog: RunLog, tmp_path: Path) -> Iterator[Callable[..., Uvicorn]]:
+    """serve(workers, dsn, **env) starts tests/apps/worker_app.py under uvicorn and waits
+    until it answers; every server is killed at the end of the test."""
+    started: list[Uvicorn] = []
+
+    def start(workers: int, dsn: str, **env: str) -> Uvicorn:
+        log = tmp_path / f"uvicorn-{len(started)}.log"
+        server = Uvicorn(
+            WORKER_APP, dsn, workers, log, FUTURECALLS_TEST_LOG=str(runlog.path), **env
+        )
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.kill()

@@ -85,5 +85,6 @@ class Uvicorn:
             self.process.wait()
         self._log.close()
 
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+    def output(self, tail: int | None = 5000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]

@@ -6,14 +6,15 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from fastapi_futurecalls import FutureCall, Session
+from fastapi_futurecalls import FutureCall, FutureCalls, Session
+from tests.apps.worker_app import Job, Record, Retried
 
 
 class Item(BaseModel):
@@ -87,3 +88,16 @@ class RunLog:
 
     def runs(self, kind: str = "done") -> Counter[int]:
         return Counter(n for n, _ in self.events(kind))
+
+
+async def schedule_jobs(
+    dsn: str, jobs: list[Job], delay: timedelta = timedelta(0), name: str = "record"
+) -> None:
+    """Schedule jobs of tests/apps/worker_app.py from a web-only FutureCalls."""
+    web = FutureCalls(dsn, execution_enabled=False)
+    web.register_future_call(Record(), "record")
+    web.register_future_call(Retried(), "retried")
+    async with web:
+        session = web.session()
+        for job in jobs:
+            await session.future_call_with_delay(name, job, delay)

@@ -6,55 +6,16 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from fastapi_futurecalls import FutureCalls
-from tests.apps.worker_app import Job, Record, Retried
-from tests.processes import Uvicorn
-from tests.support import RunLog, wait_for
+from tests.apps.worker_app import Job
+from tests.support import RunLog, schedule_jobs, wait_for
 
 pytestmark = pytest.mark.slow
-APP = "tests.apps.worker_app:app"
-
-
-@pytest.fixture
-def runlog(tmp_path: Path) -> RunLog:
-    return RunLog(tmp_path / "runs.log")
-
-
-@pytest.fixture
-def serve(dsn: str, runlog: RunLog, tmp_path: Path) -> Iterator[object]:
-    """serve(workers, **env) starts the worker app; everything is killed at the end."""
-    started: list[Uvicorn] = []
-
-    def start(workers: int, dsn: str = dsn, **env: str) -> Uvicorn:
-        log = tmp_path / f"uvicorn-{len(started)}.log"
-        server = Uvicorn(APP, dsn, workers, log, FUTURECALLS_TEST_LOG=str(runlog.path), **env)
-        started.append(server)
-        server.wait_ready()
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
-
-
-async def schedule_jobs(
-    dsn: str, jobs: list[Job], delay: timedelta = timedelta(0), name: str = "record"
-) -> None:
-    web = FutureCalls(dsn, execution_enabled=False)
-    web.register_future_call(Record(), "record")
-    web.register_future_call(Retried(), "retried")
-    async with web:
-        session = web.session()
-        for job in jobs:
-            await session.future_call_with_delay(name, job, delay)
 
 
 async def test_four_workers_drain_calls_due_at_one_instant_exactly_once(
@@ -62,7 +23,7 @@ async def test_four_workers_drain_calls_due_at_one_instant_exactly_once(
 ):
     total = 5000
     await schedule_jobs(dsn, [Job(n=n) for n in range(total)], delay=timedelta(seconds=8))
-    server = serve(4)
+    server = serve(4, dsn)
     await wait_for(lambda: runlog.count() >= total, within=120, what="every call to run")
     await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM future_calls"))
     assert server.stop() == 0
@@ -72,8 +33,8 @@ async def test_four_workers_drain_calls_due_at_one_instant_exactly_once(
     assert len({pid for _, pid in runlog.events("done")}) >= 2, "the work was not shared"
 
 
-async def test_scheduling_through_an_endpoint_runs_on_some_worker(serve, runlog: RunLog):
-    server = serve(2)
+async def test_scheduling_through_an_endpoint_runs_on_some_worker(dsn: str, serve, runlog: RunLog):
+    server = serve(2, dsn)
     async with httpx.AsyncClient(base_url=server.url) as client:
         for n in range(20):
             response = await client.post("/schedule", json={"n": n}, params={"delay_ms": 200})
@@ -88,13 +49,13 @@ async def test_a_graceful_restart_loses_nothing_and_runs_nothing_twice(
 ):
     total = 300
     await schedule_jobs(dsn, [Job(n=n, sleep=0.1) for n in range(total)])
-    first = serve(2)
+    first = serve(2, dsn)
     await wait_for(lambda: runlog.count() > 20)
     assert first.stop() == 0  # SIGTERM mid-drain: running calls finish, the rest wait
     assert runlog.count("done") == runlog.count("started") < total  # all it started, it finished
     assert await db.fetchval("SELECT count(*) FROM future_calls WHERE state <> 'scheduled'") == 0
 
-    second = serve(2)
+    second = serve(2, dsn)
     await wait_for(lambda: runlog.count() >= total, within=60)
     await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM future_calls"))
     assert second.stop() == 0
@@ -112,7 +73,7 @@ async def kill_one_worker_mid_call(db: asyncpg.Connection, runlog: RunLog, calls
 async def test_a_killed_worker_s_calls_are_parked_as_interrupted_never_rerun(
     dsn: str, db: asyncpg.Connection, serve, runlog: RunLog
 ):
-    server = serve(2, FUTURECALLS_POLL_INTERVAL="0.5", FUTURECALLS_SHUTDOWN_GRACE="0.5")
+    server = serve(2, dsn, FUTURECALLS_POLL_INTERVAL="0.5", FUTURECALLS_SHUTDOWN_GRACE="0.5")
     await schedule_jobs(dsn, [Job(n=n, sleep=30) for n in range(6)])
     victim_calls = await kill_one_worker_mid_call(db, runlog, 6)
     t0 = time.monotonic()
@@ -140,7 +101,7 @@ async def test_a_killed_worker_s_calls_are_parked_as_interrupted_never_rerun(
 async def test_with_retries_a_killed_worker_s_calls_run_to_completion_elsewhere(
     dsn: str, db: asyncpg.Connection, serve, runlog: RunLog
 ):
-    serve(2, FUTURECALLS_POLL_INTERVAL="0.5")
+    serve(2, dsn, FUTURECALLS_POLL_INTERVAL="0.5")
     await schedule_jobs(dsn, [Job(n=n, sleep=2) for n in range(6)], name="retried")
     victim_calls = await kill_one_worker_mid_call(db, runlog, 6)
     await wait_for(lambda: runlog.count("done") >= 6, within=30, what="every call to complete")
