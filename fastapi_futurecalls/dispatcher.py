@@ -7,6 +7,7 @@ the claims and the outcome writes; only the loop task uses it, so it needs no lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -18,7 +19,7 @@ import asyncpg
 
 from .calls import Registry
 from .errors import DatabaseError, DatabaseUnavailableError
-from .runner import ClaimedCall, Outcome, run_call, unsuccessful
+from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
 from .sql import QUERIES
@@ -28,6 +29,7 @@ logger = logging.getLogger("fastapi_futurecalls")
 
 CHANNEL = "future_calls"
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 5.0)
+CANCEL_GRACE = 5.0  # after shutdown_grace, how long cancelled calls get to unwind
 RECOVERABLE: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     asyncpg.PostgresError,
@@ -48,6 +50,7 @@ class Dispatcher:
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         # Loop times: when the next call is believed due, and of the next safety-net tick.
@@ -69,6 +72,7 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop claiming, let running calls finish within the grace period, record them."""
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -93,7 +97,8 @@ class Dispatcher:
                 failures += 1
                 logger.exception("dispatcher failed unexpectedly; restarting in %.2fs", delay)
             await self._close()
-            await self._sleep(delay * random.uniform(0.8, 1.2))
+            with contextlib.suppress(TimeoutError):  # only stopping cuts the backoff short
+                await asyncio.wait_for(self._stopped.wait(), delay * random.uniform(0.8, 1.2))
         await self._drain()
 
     async def _step(self) -> None:
@@ -129,11 +134,23 @@ class Dispatcher:
 
     async def _claim(self, conn: asyncpg.Connection, free: int) -> None:
         self._announced = math.inf
-        rows = await conn.fetch(QUERIES["claim"], free, self._worker_id)
         owner = self._worker_id
         assert owner is not None
+        *rows, tail = await conn.fetch(QUERIES["claim"], free, owner)
         calls = sorted(
-            (ClaimedCall(owner=owner, **dict(row)) for row in rows),
+            (
+                ClaimedCall(
+                    id=row["id"],
+                    name=row["name"],
+                    payload=row["payload"],
+                    identifier=row["identifier"],
+                    due_at=row["due_at"],
+                    attempts=row["attempts"],
+                    max_attempts=row["max_attempts"],
+                    owner=owner,
+                )
+                for row in rows
+            ),
             key=lambda c: (c.due_at, c.id),
         )
         for call in calls:
@@ -142,7 +159,7 @@ class Dispatcher:
             task.add_done_callback(self._on_done)
         if len(rows) < free:
             # All that is due and free is ours now; sleep until the next one is due.
-            self._set_due(await conn.fetchval(QUERIES["next_due"], True))
+            self._set_due(tail["next_due_in"])
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
         """Record every finished call in one statement per owner (normally one)."""
@@ -196,7 +213,15 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE)
+                for task in stuck:  # swallowed the cancellation: the sweep parks it later
+                    call = self._running[task]
+                    logger.error(
+                        "future call %r (id %d) ignored cancellation; leaving it running",
+                        call.name,
+                        call.id,
+                        extra={"future_call_name": call.name, "future_call_id": call.id},
+                    )
             await asyncio.sleep(0)  # let the done callbacks collect the last outcomes
         try:
             if self._conn is None or self._conn.is_closed():
@@ -229,7 +254,7 @@ class Dispatcher:
                 exc_info=exc,
                 extra={"future_call_name": call.name, "future_call_id": call.id},
             )
-            outcome = unsuccessful(call, f"{type(exc).__name__}: {exc}")
+            outcome = unsuccessful(call, describe(exc))
         else:
             outcome = task.result()
         self._outcomes.append(outcome)
@@ -257,18 +282,19 @@ class Dispatcher:
         conn = await connect(self._settings)
         try:
             namespace = self._settings.lock_namespace
-            if self._worker_id is None or not await conn.fetchval(
+            relocked = self._worker_id is not None and await conn.fetchval(
                 QUERIES["relock_worker"], namespace, self._worker_id
-            ):
-                while True:
-                    row = await conn.fetchrow(QUERIES["register_worker"], namespace)
-                    assert row is not None
-                    if row["locked"]:
-                        self._worker_id = row["id"]
-                        break
+            )
+            while not relocked:
+                row = await conn.fetchrow(QUERIES["register_worker"], namespace)
+                assert row is not None
+                if row["locked"]:
+                    self._worker_id = row["id"]
+                    break
             await conn.add_listener(CHANNEL, self._on_notify)
             conn.add_termination_listener(self._on_terminated)
-            await self._disown_swept(conn)
+            if relocked:
+                await self._reconcile(conn)
         except BaseException:
             conn.terminate()
             raise
@@ -276,9 +302,19 @@ class Dispatcher:
         self._tick_at = 0.0  # sweep and rescan at once: notifications may have been missed
         logger.info("dispatcher connected as worker %d", self._worker_id)
 
-    async def _disown_swept(self, conn: asyncpg.Connection) -> None:
-        """After a reconnect: stop local runs of calls another worker swept meanwhile
-        (rescheduled or parked), so that a retry elsewhere never overlaps with them."""
+    async def _reconcile(self, conn: asyncpg.Connection) -> None:
+        """After a reconnect under the same worker number, make the table and this process
+        agree: rows claimed whose claim never reached us go back in line, and local runs
+        of calls another worker swept meanwhile stop, so a retry elsewhere never overlaps
+        with them."""
+        known = [c.id for c in self._running.values()] + [o.call.id for o in self._outcomes]
+        for row in await conn.fetch(QUERIES["requeue_untracked"], self._worker_id, known):
+            logger.warning(
+                "future call %r (id %d) was claimed as the connection dropped; back in line",
+                row["name"],
+                row["id"],
+                extra={"future_call_name": row["name"], "future_call_id": row["id"]},
+            )
         if not self._running:
             return
         calls = list(self._running.values())
@@ -309,14 +345,6 @@ class Dispatcher:
                 await asyncio.wait_for(conn.close(), timeout=2)
             except RECOVERABLE:
                 conn.terminate()
-
-    async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
 
 
 def _owner(outcome: Outcome) -> int:

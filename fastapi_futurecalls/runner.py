@@ -51,6 +51,21 @@ def unsuccessful(call: ClaimedCall, error: str, *, interrupted: bool = False) ->
     return Outcome(call, "failed", error)
 
 
+MAX_ERROR_LENGTH = 2000
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` for last_error: never raises, no NUL or lone surrogates (which
+    PostgreSQL text refuses), at most MAX_ERROR_LENGTH characters."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__} whose message cannot be shown>"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = text.replace("\x00", "\\x00").encode("utf-8", "replace").decode("utf-8")
+    return text[:MAX_ERROR_LENGTH]
+
+
 def _log_extra(call: ClaimedCall) -> dict[str, object]:
     return {"future_call_name": call.name, "future_call_id": call.id}
 
@@ -101,6 +116,6 @@ async def run_call(
             type(exc).__name__,
             extra=_log_extra(call),
         )
-        return unsuccessful(call, f"{type(exc).__name__}: {exc}")
+        return unsuccessful(call, describe(exc))
     logger.debug("future call %r (id %d) done", call.name, call.id, extra=_log_extra(call))
     return Outcome(call)

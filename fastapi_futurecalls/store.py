@@ -20,6 +20,8 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # Raised when the server ends the session in the middle of a statement.
+    asyncpg.InternalClientError,
 )
 
 
@@ -56,9 +58,8 @@ async def connect(settings: Settings) -> asyncpg.Connection:
 class Store:
     """The pool used by sessions to schedule and cancel calls."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._settings = settings
 
     @classmethod
     async def open(cls, settings: Settings) -> Store:
@@ -71,7 +72,7 @@ class Store:
                     timeout=settings.connect_timeout,
                     connection_class=_PoolConnection,
                 )
-        store = cls(pool, settings)
+        store = cls(pool)
         try:
             await store.check_schema()
         except BaseException:
@@ -111,7 +112,6 @@ class Store:
                 identifier,
                 at,
                 delay,
-                self._settings.poll_interval,
                 max_attempts,
                 retry_backoff,
             )
@@ -135,9 +135,7 @@ class Store:
 
     async def reschedule(self, call_id: int, at: datetime | None, delay: timedelta | None) -> bool:
         with database_errors(f"rescheduling future call {call_id}"):
-            row = await self._pool.fetchrow(
-                QUERIES["reschedule"], call_id, at, delay, self._settings.poll_interval
-            )
+            row = await self._pool.fetchrow(QUERIES["reschedule"], call_id, at, delay)
         return row is not None
 
     async def delete(self, call_id: int) -> bool:

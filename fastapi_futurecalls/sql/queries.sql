@@ -7,18 +7,15 @@ SELECT to_regclass('future_calls') IS NOT NULL AS present;
 
 -- name: schedule
 -- Store one call, due at $4 or else at the database's now() + $5, and wake the
--- dispatchers when it falls due within their poll interval ($6, seconds); calls due
--- later are found by the periodic scan. The NOTIFY payload is seconds until due.
--- $7 and $8 are the call's delivery policy (max_attempts, retry_backoff).
+-- dispatchers; each keeps only the earliest due time it hears of. The NOTIFY payload is
+-- seconds until due. $6 and $7 are the call's delivery policy (max_attempts,
+-- retry_backoff).
 WITH inserted AS (
     INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
-    VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $7, $8)
+    VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7)
     RETURNING id, due_at
 )
-SELECT id,
-       CASE WHEN due_at < now() + make_interval(secs => $6)
-            THEN pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
-       END AS notified
+SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
 FROM inserted;
 
 -- name: cancel
@@ -38,18 +35,29 @@ SELECT pg_try_advisory_lock($1::integer, $2::integer) AS locked;
 -- name: claim
 -- Claim up to $1 due calls for worker $2, oldest first. SKIP LOCKED lets many
 -- dispatchers claim at the same instant without waiting on or sharing a row.
+-- A last row (id NULL) carries the seconds until the next call due after now():
+-- computed in the same statement, with the same now(), so no call falls between
+-- "due now" and "due later".
 WITH due AS (
     SELECT id FROM future_calls
     WHERE state = 'scheduled' AND due_at <= now()
     ORDER BY due_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE future_calls AS c
+    SET state = 'running', owner = $2, attempts = c.attempts + 1, started_at = now()
+    FROM due
+    WHERE c.id = due.id
+    RETURNING c.id, c.name, c.payload, c.identifier, c.due_at, c.attempts, c.max_attempts
 )
-UPDATE future_calls AS c
-SET state = 'running', owner = $2, attempts = c.attempts + 1, started_at = now()
-FROM due
-WHERE c.id = due.id
-RETURNING c.id, c.name, c.payload, c.identifier, c.due_at, c.attempts, c.max_attempts;
+SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
+       NULL::float8 AS next_due_in
+FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       (SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8
+        FROM future_calls WHERE state = 'scheduled' AND due_at > now());
 
 -- name: finish
 -- Record a batch of outcomes of worker $1: done calls ($2 ids, $3 attempts) leave the
@@ -84,12 +92,13 @@ SELECT c.id FROM future_calls AS c
 JOIN unnest($2::bigint[], $3::integer[]) AS r(id, attempts) ON r.id = c.id
 WHERE c.attempts = r.attempts AND c.owner = $1 AND c.state = 'running';
 
--- name: next_due
--- Seconds until the next pending call falls due (negative: overdue), NULL if none.
--- With $1 true, calls already due are ignored: they are locked by another claimer.
-SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8 AS next_due_in
-FROM future_calls
-WHERE state = 'scheduled' AND (NOT $1::boolean OR due_at > now());
+-- name: requeue_untracked
+-- After a reconnect that took back worker $1's number: rows it claimed but whose claim
+-- never reached this process (the reply was lost) go back in line; they never started.
+UPDATE future_calls
+SET state = 'scheduled', owner = NULL, attempts = attempts - 1, started_at = NULL
+WHERE owner = $1 AND state = 'running' AND id <> ALL($2::bigint[])
+RETURNING id, name;
 
 -- name: sweep
 -- Calls whose worker's advisory lock is gone: PostgreSQL released it when that worker's
@@ -145,18 +154,17 @@ SELECT id, name, state, due_at, identifier, attempts, max_attempts, last_error, 
 FROM future_calls WHERE id = $1;
 
 -- name: reschedule
--- Put a parked ('failed' or 'interrupted') call back in line, with a fresh attempt budget.
+-- Put a parked ('failed' or 'interrupted') call back in line, with as many attempts
+-- again as it had. attempts keeps counting: it also fences stale outcome writes.
 WITH moved AS (
     UPDATE future_calls
-    SET state = 'scheduled', attempts = 0, last_error = NULL, finished_at = NULL,
+    SET state = 'scheduled', max_attempts = attempts + max_attempts,
+        last_error = NULL, finished_at = NULL,
         due_at = COALESCE($2::timestamptz, now() + $3::interval, now())
     WHERE id = $1 AND state IN ('failed', 'interrupted')
     RETURNING id, due_at
 )
-SELECT id,
-       CASE WHEN due_at < now() + make_interval(secs => $4)
-            THEN pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
-       END AS notified
+SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
 FROM moved;
 
 -- name: delete

@@ -125,7 +125,8 @@ async def test_list_get_reschedule_and_delete(make_futurecalls, db):
         assert await session.reschedule_future_call(later) is False  # not parked
         assert await session.reschedule_future_call(parked, delay=timedelta(0)) is True
         moved = await session.get_future_call(parked)
-        assert moved is not None and (moved.state, moved.attempts) == ("scheduled", 0)
+        assert moved is not None
+        assert (moved.state, moved.attempts, moved.max_attempts) == ("scheduled", 1, 2)
         with pytest.raises(InvalidScheduleError):
             await session.reschedule_future_call(parked, when=datetime.now(UTC), delay=timedelta(0))
 
