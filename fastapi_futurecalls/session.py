@@ -134,16 +134,31 @@ class Session:
         return FutureCallRecord.from_row(row, payload)
 
 
+# Due times must read back as Python datetimes, in UTC, from anywhere in the world.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
 def _check_delay(delay: object) -> None:
     if not isinstance(delay, timedelta):
         raise InvalidScheduleError(f"delay must be a timedelta, got {type(delay).__name__}")
     if delay < timedelta(0):
         raise InvalidScheduleError(f"delay must not be negative, got {delay}")
+    if delay > LATEST - datetime.now(UTC):
+        raise InvalidScheduleError(f"delay {delay} would fall due after {LATEST:%Y-%m-%d}")
 
 
 def _aware(when: object) -> datetime:
     if not isinstance(when, datetime):
         raise InvalidScheduleError(f"when must be a datetime, got {type(when).__name__}")
     if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
-        return when.replace(tzinfo=UTC)
+        when = when.replace(tzinfo=UTC)
+    try:
+        in_range = EARLIEST <= when.astimezone(UTC) <= LATEST
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise InvalidScheduleError(
+            f"when must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} UTC, got {when}"
+        )
     return when
