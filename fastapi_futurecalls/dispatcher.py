@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from .calls import Registry
-from .errors import DatabaseError, DatabaseUnavailableError
+from .errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
 from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
@@ -282,15 +282,18 @@ class Dispatcher:
         conn = await connect(self._settings)
         try:
             namespace = self._settings.lock_namespace
-            relocked = self._worker_id is not None and await conn.fetchval(
-                QUERIES["relock_worker"], namespace, self._worker_id
-            )
+            relocked, pid = False, 0
+            if self._worker_id is not None:
+                row = await conn.fetchrow(QUERIES["relock_worker"], namespace, self._worker_id)
+                assert row is not None
+                relocked, pid = row["locked"], row["pid"]
             while not relocked:
                 row = await conn.fetchrow(QUERIES["register_worker"], namespace)
                 assert row is not None
                 if row["locked"]:
-                    self._worker_id = row["id"]
+                    self._worker_id, pid = row["id"], row["pid"]
                     break
+            await self._check_session(conn, pid)
             await conn.add_listener(CHANNEL, self._on_notify)
             conn.add_termination_listener(self._on_terminated)
             if relocked:
@@ -301,6 +304,21 @@ class Dispatcher:
         self._conn = conn
         self._tick_at = 0.0  # sweep and rescan at once: notifications may have been missed
         logger.info("dispatcher connected as worker %d", self._worker_id)
+
+    async def _check_session(self, conn: asyncpg.Connection, pid: int) -> None:
+        """Refuse a connection that does not keep its server session: the advisory lock
+        that proves this worker alive would be lost between statements."""
+        row = await conn.fetchrow(
+            QUERIES["check_session"], self._settings.lock_namespace, self._worker_id
+        )
+        assert row is not None
+        if row["pid"] != pid or not row["holds_lock"]:
+            raise ConfigurationError(
+                "the dispatcher's connection does not keep its server session between "
+                "statements (a transaction-pooling proxy such as pgbouncer in transaction "
+                "mode?): session advisory locks and LISTEN need a direct connection or "
+                "session pooling; see docs/design.md, Known limits"
+            )
 
     async def _reconcile(self, conn: asyncpg.Connection) -> None:
         """After a reconnect under the same worker number, make the table and this process

@@ -26,11 +26,20 @@ DELETE FROM future_calls WHERE identifier = $1 AND state = 'scheduled';
 -- A fresh worker number, locked for as long as the dispatcher's connection lives.
 -- The lock is what tells every other dispatcher that this worker is alive.
 WITH worker AS (SELECT nextval('future_calls_worker_seq')::integer AS id)
-SELECT id, pg_try_advisory_lock($1::integer, id) AS locked FROM worker;
+SELECT id, pg_try_advisory_lock($1::integer, id) AS locked, pg_backend_pid() AS pid
+FROM worker;
 
 -- name: relock_worker
 -- After a reconnect, take back the same worker number if nobody swept it yet.
-SELECT pg_try_advisory_lock($1::integer, $2::integer) AS locked;
+SELECT pg_try_advisory_lock($1::integer, $2::integer) AS locked, pg_backend_pid() AS pid;
+
+-- name: check_session
+-- Is this still the server session that took the lock? Behind a transaction-pooling
+-- proxy the next statement may run in another session, where the lock is not held.
+SELECT pg_backend_pid() AS pid, EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+      AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2) AS holds_lock;
 
 -- name: claim
 -- Claim up to $1 due calls for worker $2, oldest first. SKIP LOCKED lets many
