@@ -14,7 +14,7 @@ from .errors import (
 )
 from .futurecalls import FutureCalls
 from .records import CallState, FutureCallRecord
-from .session import Session
+from .session import PlannedCall, Session
 from .settings import Settings
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "InvalidPayloadError",
     "InvalidScheduleError",
     "NotRegisteredError",
+    "PlannedCall",
     "RegistrationError",
     "SchemaMissingError",
     "Session",

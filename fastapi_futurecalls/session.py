@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
-from .calls import DECODE_ERRORS, Registry, validate_name
+from .calls import DECODE_ERRORS, FutureCall, Registry, validate_name
 from .errors import InvalidScheduleError
 from .records import CALL_STATES, FutureCallRecord
 from .settings import Settings
 from .store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCall:
+    """One call of a batch for :meth:`Session.future_calls_batch`: due at ``at``, or after
+    ``delay`` (default: now)."""
+
+    name: str
+    data: BaseModel | None = None
+    delay: timedelta | None = None
+    at: datetime | None = None
+    identifier: str | None = None
 
 
 class Session:
@@ -47,6 +61,30 @@ class Session:
         """Run the call registered as ``name`` with ``data`` at ``when``; a time in the
         past runs at once. A naive ``when`` is taken as UTC. Returns the new call's id."""
         return await self._schedule(name, data, identifier, at=_aware(when))
+
+    async def future_calls_batch(self, calls: Iterable[PlannedCall]) -> list[int]:
+        """Schedule many calls in one round trip, all or none; returns their ids in order.
+        Every call is validated before anything is stored."""
+        rows = []
+        for planned in calls:
+            if planned.at is not None and planned.delay is not None:
+                raise InvalidScheduleError(f"{planned.name!r}: give at or delay, not both")
+            delay = planned.delay if planned.delay is not None else timedelta(0)
+            _check_delay(delay)
+            at = _aware(planned.at) if planned.at is not None else None
+            call, payload = self._prepare(planned.name, planned.data, planned.identifier)
+            rows.append(
+                (
+                    planned.name,
+                    payload,
+                    planned.identifier,
+                    at,
+                    None if at else delay,
+                    call.max_attempts,
+                    call.retry_backoff,
+                )
+            )
+        return await self._store.schedule_many(rows) if rows else []
 
     async def cancel_future_call(self, identifier: str) -> int:
         """Remove every pending call scheduled with ``identifier``; returns how many."""
@@ -103,6 +141,21 @@ class Session:
         delay: timedelta | None = None,
     ) -> int:
         """Validate everything before anything is stored, then store the call."""
+        call, payload = self._prepare(name, data, identifier)
+        return await self._store.schedule(
+            name,
+            payload,
+            identifier,
+            max_attempts=call.max_attempts,
+            retry_backoff=call.retry_backoff,
+            at=at,
+            delay=delay,
+        )
+
+    def _prepare(
+        self, name: str, data: BaseModel | None, identifier: str | None
+    ) -> tuple[FutureCall[Any], str | None]:
+        """The registered call and the payload JSON, or a clear error."""
         validate_name(name)
         if identifier is not None:
             validate_name(identifier, "identifier")
@@ -113,15 +166,7 @@ class Session:
                 f"the payload of {name!r} is {len(payload.encode())} bytes, over the "
                 f"limit of {self._settings.max_payload_bytes} (max_payload_bytes)"
             )
-        return await self._store.schedule(
-            name,
-            payload,
-            identifier,
-            max_attempts=call.max_attempts,
-            retry_backoff=call.retry_backoff,
-            at=at,
-            delay=delay,
-        )
+        return call, payload
 
     def _record(self, row: Any) -> FutureCallRecord:
         call = self._registry.find(row["name"])

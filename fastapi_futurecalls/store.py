@@ -118,6 +118,13 @@ class Store:
         assert row is not None
         return int(row["id"])
 
+    async def schedule_many(self, rows: list[tuple[Any, ...]]) -> list[int]:
+        """Rows of (name, payload, identifier, at, delay, max_attempts, retry_backoff)."""
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        with database_errors(f"scheduling {len(rows)} calls"):
+            ids = await self._pool.fetchval(QUERIES["schedule_many"], *columns)
+        return list(ids)
+
     async def cancel(self, identifier: str, *, executor: Any = None) -> int:
         with database_errors(f"cancelling {identifier!r}"):
             status = await (executor or self._pool).execute(QUERIES["cancel"], identifier)

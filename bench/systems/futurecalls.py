@@ -15,7 +15,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from bench.counter import Counter
-from fastapi_futurecalls import FutureCall, FutureCalls, Session
+from fastapi_futurecalls import FutureCall, FutureCalls, PlannedCall, Session
 
 NAME = "fastapi-futurecalls"
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +86,13 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
                 await session.future_call_with_delay("hit", Job(i=i), timedelta(days=1))
 
         await asyncio.gather(*(schedule(k) for k in range(coroutines)))
+
+
+async def schedule_batch(dsn: str, n: int) -> None:
+    async with futurecalls(dsn, execution_enabled=False) as fc:
+        await fc.session().future_calls_batch(
+            [PlannedCall("hit", Job(i=i), delay=timedelta(days=1)) for i in range(n)]
+        )
 
 
 async def schedule_ahead(dsn: str, n: int, ahead: float) -> None:

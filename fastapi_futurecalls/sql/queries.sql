@@ -18,6 +18,23 @@ WITH inserted AS (
 SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
 FROM inserted;
 
+-- name: schedule_many
+-- Store a batch in one statement (arrays, one element per call, in order) and send one
+-- NOTIFY for its earliest due time. Identity values follow the order of the input,
+-- so the ids come back in that order.
+WITH inserted AS (
+    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
+    SELECT t.name, t.payload::json, t.identifier, COALESCE(t.at, now() + t.delay),
+           t.max_attempts, t.retry_backoff
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::interval[],
+                $6::integer[], $7::interval[])
+         AS t(name, payload, identifier, at, delay, max_attempts, retry_backoff)
+    RETURNING id, due_at
+)
+SELECT array_agg(id ORDER BY id) AS ids,
+       pg_notify('future_calls', extract(epoch FROM min(due_at) - clock_timestamp())::text)
+FROM inserted;
+
 -- name: cancel
 -- Remove every pending call with this identifier; running and parked calls stay.
 DELETE FROM future_calls WHERE identifier = $1 AND state = 'scheduled';

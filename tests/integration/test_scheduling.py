@@ -17,6 +17,7 @@ from fastapi_futurecalls import (
     InvalidPayloadError,
     InvalidScheduleError,
     NotRegisteredError,
+    PlannedCall,
     SchemaMissingError,
 )
 from tests.support import Item, Recorder
@@ -146,3 +147,31 @@ async def test_missing_table_says_to_migrate(admin_dsn: str):
     fc = FutureCalls(admin_dsn.rsplit("/", 1)[0] + "/postgres")
     with pytest.raises(SchemaMissingError, match="alembic upgrade head"):
         await fc.start()
+
+
+async def test_batch_schedules_all_in_order_or_nothing(
+    scheduler: FutureCalls, db: asyncpg.Connection
+):
+    session = scheduler.session()
+    when = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    ids = await session.future_calls_batch(
+        [
+            PlannedCall("record", Item(n=0), delay=timedelta(hours=1), identifier="a"),
+            PlannedCall("record", None, at=when),
+            *(PlannedCall("record", Item(n=n)) for n in range(2, 500)),
+        ]
+    )
+    assert len(ids) == 500 and ids == sorted(ids)
+    first, second, third = [await session.get_future_call(i) for i in ids[:3]]
+    assert first and (first.payload, first.identifier) == (Item(n=0), "a")
+    assert second and (second.payload, second.due_at) == (None, when)
+    assert third and third.payload == Item(n=2)
+    assert await session.future_calls_batch([]) == []
+
+    with pytest.raises(InvalidPayloadError):
+        await session.future_calls_batch(
+            [PlannedCall("record", Item(n=1)), PlannedCall("record", Other(n=2))]  # type: ignore[arg-type]
+        )
+    with pytest.raises(NotRegisteredError):
+        await session.future_calls_batch([PlannedCall("record"), PlannedCall("ghost")])
+    assert await count(db) == 500
