@@ -12,7 +12,7 @@ from .errors import (
     RegistrationError,
     SchemaMissingError,
 )
-from .futurecalls import FutureCalls
+from .futurecalls import DueRun, FutureCalls
 from .records import CallState, FutureCallRecord
 from .session import PlannedCall, Session
 from .settings import Settings
@@ -22,6 +22,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseError",
     "DatabaseUnavailableError",
+    "DueRun",
     "FutureCall",
     "FutureCallError",
     "FutureCallRecord",

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from datetime import timedelta
 from itertools import groupby
 from typing import Any
 
@@ -19,6 +20,7 @@ import asyncpg
 
 from .calls import Registry
 from .errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
+from .recurrence import Recurrence
 from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
@@ -58,6 +60,10 @@ class Dispatcher:
         self._tick_at = 0.0
         # Earliest due time announced by NOTIFY while a claim was in flight.
         self._announced = math.inf
+        # How far ahead counts as due: zero, but for testing.run_due's time travel.
+        self._horizon = timedelta(0)
+        # Outcomes recorded so far, collected by run_due.
+        self._recorded: list[Outcome] | None = None
 
     @property
     def worker_id(self) -> int | None:
@@ -68,6 +74,29 @@ class Dispatcher:
         """Connect (raising if the database is unreachable) and start the loop."""
         await self._connect()
         self._task = asyncio.create_task(self._run(), name="fastapi_futurecalls.dispatcher")
+
+    async def run_due(self, horizon: timedelta = timedelta(0)) -> list[Outcome]:
+        """Burst mode: run every call due now (or within ``horizon``), including follow-ups
+        they schedule within it, wait for all of them, and return how each ended."""
+        self._horizon = horizon
+        self._recorded = []
+        await self._connect()
+        try:
+            while True:
+                conn = self._connection()
+                await self._flush(conn)
+                free = self._settings.concurrency_limit - len(self._running)
+                claimed = await self._claim(conn, free) if free > 0 else 0
+                more_due = self._due_at <= self._loop.time()
+                if not self._running and not claimed and not more_due:
+                    break
+                if self._running and not (claimed and more_due) and not self._outcomes:
+                    self._wake.clear()
+                    await self._wake.wait()
+        finally:
+            self._stopping = True
+            await self._drain()
+        return self._recorded
 
     async def stop(self) -> None:
         """Stop claiming, let running calls finish within the grace period, record them."""
@@ -132,11 +161,12 @@ class Dispatcher:
             )
         self._set_due(row["next_due_in"])
 
-    async def _claim(self, conn: asyncpg.Connection, free: int) -> None:
+    async def _claim(self, conn: asyncpg.Connection, free: int) -> int:
+        """Claim and start up to ``free`` due calls; returns how many."""
         self._announced = math.inf
         owner = self._worker_id
         assert owner is not None
-        *rows, tail = await conn.fetch(QUERIES["claim"], free, owner)
+        *rows, tail = await conn.fetch(QUERIES["claim"], free, owner, self._horizon)
         calls = sorted(
             (
                 ClaimedCall(
@@ -157,9 +187,30 @@ class Dispatcher:
             task = asyncio.create_task(run_call(call, self._registry, self._session))
             self._running[task] = call
             task.add_done_callback(self._on_done)
-        if len(rows) < free:
+        if tail["chain_due"] and await self._materialize_chains(conn):
+            self._due_at = 0.0  # their occurrences are one-off calls, due now: claim them
+        elif len(rows) < free:
             # All that is due and free is ours now; sleep until the next one is due.
             self._set_due(tail["next_due_in"])
+        return len(rows)
+
+    async def _materialize_chains(self, conn: asyncpg.Connection) -> int:
+        """Turn each due slot of a recurring chain into a one-off call, moving the chain
+        to its next slot in the same transaction; returns how many chains moved."""
+        async with conn.transaction():
+            chains = await conn.fetch(
+                QUERIES["lock_due_chains"], self._settings.concurrency_limit, self._horizon
+            )
+            if not chains:
+                return 0
+            nexts = [
+                Recurrence(row["cron"], row["every"], row["timezone"] or "UTC").next(
+                    row["due_at"], row["db_now"]
+                )
+                for row in chains
+            ]
+            await conn.execute(QUERIES["materialize_chains"], [r["id"] for r in chains], nexts)
+        return len(chains)
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
         """Record every finished call in one statement per owner (normally one)."""
@@ -184,6 +235,8 @@ class Dispatcher:
         except BaseException:
             self._outcomes[:0] = outcomes  # recording is idempotent: retry them all
             raise
+        if self._recorded is not None:
+            self._recorded.extend(outcomes)
 
     async def _wait(self) -> None:
         if self._stopping:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +22,20 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 logger = logging.getLogger("fastapi_futurecalls")
+
+
+@dataclass(frozen=True, slots=True)
+class DueRun:
+    """What :meth:`FutureCalls.run_due` ran: ``ids`` in the order they finished;
+    ``failed`` counts every run that did not complete (parked or to be retried)."""
+
+    completed: int
+    failed: int
+    ids: list[int]
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
 
 
 class FutureCalls:
@@ -104,6 +121,24 @@ class FutureCalls:
                 await dispatcher.stop()
         finally:
             await self._close_store()
+
+    async def run_due(
+        self, within: timedelta = timedelta(0), *, concurrency: int | None = None
+    ) -> DueRun:
+        """Run every call due now (or within ``within``) once, wait for them all, and say
+        how they ended: for serverless deployments (``fastapi-futurecalls run-due``) and
+        tests (``fastapi_futurecalls.testing``). Needs a started FutureCalls."""
+        self.session()  # raises if not started
+        settings = self.settings
+        if concurrency is not None:
+            settings = dataclasses.replace(settings, concurrency_limit=concurrency)
+        dispatcher = Dispatcher(settings, self._registry, self.session)
+        outcomes = await dispatcher.run_due(within)
+        return DueRun(
+            completed=sum(o.state == "done" for o in outcomes),
+            failed=sum(o.state != "done" for o in outcomes),
+            ids=[o.call.id for o in outcomes],
+        )
 
     async def _close_store(self) -> None:
         store, self._store = self._store, None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
@@ -30,6 +30,14 @@ class FutureCallRecord:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    cron: str | None = None
+    every: timedelta | None = None
+    timezone: str | None = None
+
+    @property
+    def recurring(self) -> bool:
+        """Whether this row is a recurring chain (each occurrence runs as its own call)."""
+        return self.cron is not None or self.every is not None
 
     @classmethod
     def from_row(cls, row: Any, payload: BaseModel | None) -> FutureCallRecord:
@@ -47,4 +55,7 @@ class FutureCallRecord:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            cron=row["cron"],
+            every=row["every"],
+            timezone=row["timezone"],
         )

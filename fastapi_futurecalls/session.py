@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from .calls import DECODE_ERRORS, FutureCall, Registry, validate_name
 from .errors import InvalidScheduleError
 from .records import CALL_STATES, FutureCallRecord
+from .recurrence import Recurrence
 from .settings import Settings
 from .store import Store
 
@@ -85,6 +86,39 @@ class Session:
                 )
             )
         return await self._store.schedule_many(rows) if rows else []
+
+    async def future_call_recurring(
+        self,
+        name: str,
+        data: BaseModel | None,
+        *,
+        identifier: str,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        start: datetime | None = None,
+        timezone: str = "UTC",
+    ) -> int:
+        """Run the call registered as ``name`` with ``data`` on a schedule: ``cron`` (five
+        fields, evaluated in ``timezone``) or ``every`` (an interval), from ``start``.
+        There is at most one chain per ``identifier``: calling this again (every worker
+        does at startup) keeps that chain, updated to these arguments. Each occurrence
+        runs as a call of its own; ``cancel_future_call(identifier)`` stops the chain.
+        Returns the chain's id."""
+        validate_name(identifier, "identifier")
+        recurrence = Recurrence(cron, every, timezone)
+        call, payload = self._prepare(name, data, identifier)
+        first = recurrence.first(_aware(start) if start is not None else None, datetime.now(UTC))
+        return await self._store.schedule_recurring(
+            name,
+            payload,
+            identifier,
+            first,
+            call.max_attempts,
+            call.retry_backoff,
+            cron,
+            every,
+            timezone,
+        )
 
     async def cancel_future_call(self, identifier: str) -> int:
         """Remove every pending call scheduled with ``identifier``; returns how many."""

@@ -125,6 +125,10 @@ class Store:
             ids = await self._pool.fetchval(QUERIES["schedule_many"], *columns)
         return list(ids)
 
+    async def schedule_recurring(self, *args: Any) -> int:
+        with database_errors(f"scheduling recurring {args[0]!r}"):
+            return int(await self._pool.fetchval(QUERIES["schedule_recurring"], *args))
+
     async def cancel(self, identifier: str, *, executor: Any = None) -> int:
         with database_errors(f"cancelling {identifier!r}"):
             status = await (executor or self._pool).execute(QUERIES["cancel"], identifier)

@@ -59,14 +59,16 @@ SELECT pg_backend_pid() AS pid, EXISTS (
       AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2) AS holds_lock;
 
 -- name: claim
--- Claim up to $1 due calls for worker $2, oldest first. SKIP LOCKED lets many
--- dispatchers claim at the same instant without waiting on or sharing a row.
--- A last row (id NULL) carries the seconds until the next call due after now():
--- computed in the same statement, with the same now(), so no call falls between
--- "due now" and "due later".
+-- Claim up to $1 one-off calls due by now() + $3 (zero but in testing.run_due) for
+-- worker $2, oldest first. SKIP LOCKED lets many dispatchers claim at the same instant
+-- without waiting on or sharing a row. A last row (id NULL) carries the seconds until
+-- the next call due after that, computed in the same statement with the same now(), so
+-- no call falls between "due now" and "due later", and whether a recurring chain is due
+-- (chains are claimed by lock_due_chains and advance_chains).
 WITH due AS (
     SELECT id FROM future_calls
-    WHERE state = 'scheduled' AND due_at <= now()
+    WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+      AND due_at <= now() + $3::interval
     ORDER BY due_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -78,12 +80,69 @@ WITH due AS (
     RETURNING c.id, c.name, c.payload, c.identifier, c.due_at, c.attempts, c.max_attempts
 )
 SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
-       NULL::float8 AS next_due_in
+       NULL::float8 AS next_due_in, NULL::boolean AS chain_due
 FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       (SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8
-        FROM future_calls WHERE state = 'scheduled' AND due_at > now());
+       extract(epoch FROM least(
+           (SELECT min(due_at) FROM future_calls
+            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+              AND due_at > now() + $3::interval),
+           (SELECT min(due_at) FROM future_calls
+            WHERE (cron IS NOT NULL OR every IS NOT NULL) AND due_at > now() + $3::interval)
+       ) - clock_timestamp() - $3::interval)::float8,
+       EXISTS (SELECT 1 FROM future_calls
+               WHERE (cron IS NOT NULL OR every IS NOT NULL)
+                 AND due_at <= now() + $3::interval);
+
+-- name: lock_due_chains
+-- In the claiming transaction: recurring chains due by now() + $2, at most $1, locked.
+SELECT id, due_at, cron, every, timezone, now() AS db_now
+FROM future_calls
+WHERE (cron IS NOT NULL OR every IS NOT NULL) AND due_at <= now() + $2::interval
+ORDER BY due_at, id
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: materialize_chains
+-- In the same transaction: move each chain ($1 ids) to its next occurrence ($2) and
+-- insert the current occurrence as a one-off call, claimed like any other, in due order.
+-- A crash rolls both back: the chain is never lost and never doubled.
+WITH chain AS (
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[]) AS t(id, next_due)
+), old AS (
+    SELECT c.id, c.due_at FROM future_calls AS c JOIN chain ON chain.id = c.id
+), advanced AS (
+    UPDATE future_calls AS c
+    SET due_at = chain.next_due
+    FROM chain
+    WHERE c.id = chain.id
+    RETURNING c.id, c.name, c.payload, c.identifier, c.max_attempts, c.retry_backoff
+)
+INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
+SELECT a.name, a.payload, a.identifier, old.due_at, a.max_attempts, a.retry_backoff
+FROM advanced AS a JOIN old ON old.id = a.id;
+
+-- name: schedule_recurring
+-- Create the chain for identifier $3, or update the one there is (race-free through the
+-- unique index): name, payload and policy follow the latest call; the next due time is
+-- kept unless the schedule itself changed.
+WITH upserted AS (
+    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
+                              cron, every, timezone)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (identifier) WHERE (cron IS NOT NULL OR every IS NOT NULL)
+    DO UPDATE SET
+        name = EXCLUDED.name, payload = EXCLUDED.payload,
+        max_attempts = EXCLUDED.max_attempts, retry_backoff = EXCLUDED.retry_backoff,
+        due_at = CASE WHEN (future_calls.cron, future_calls.every, future_calls.timezone)
+                           IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
+                      THEN future_calls.due_at ELSE EXCLUDED.due_at END,
+        cron = EXCLUDED.cron, every = EXCLUDED.every, timezone = EXCLUDED.timezone
+    RETURNING id, due_at
+)
+SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
+FROM upserted;
 
 -- name: finish
 -- Record a batch of outcomes of worker $1: done calls ($2 ids, $3 attempts) leave the
@@ -160,13 +219,16 @@ WITH dead AS (
 SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM dead) AS dead_ids,
        (SELECT coalesce(array_agg(name ORDER BY id), '{}') FROM dead) AS dead_names,
        (SELECT coalesce(array_agg(state ORDER BY id), '{}') FROM dead) AS dead_states,
-       (SELECT extract(epoch FROM min(due_at) - clock_timestamp())::float8
-        FROM future_calls WHERE state = 'scheduled') AS next_due_in;
+       extract(epoch FROM least(
+           (SELECT min(due_at) FROM future_calls
+            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL),
+           (SELECT min(due_at) FROM future_calls WHERE cron IS NOT NULL OR every IS NOT NULL)
+       ) - clock_timestamp())::float8 AS next_due_in;
 
 -- name: list
 -- Calls matching the optional filters, by due time.
 SELECT id, name, state, due_at, identifier, attempts, max_attempts, last_error, payload,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, cron, every, timezone
 FROM future_calls
 WHERE ($1::text IS NULL OR identifier = $1)
   AND ($2::text IS NULL OR name = $2)
@@ -176,7 +238,7 @@ LIMIT $4;
 
 -- name: get
 SELECT id, name, state, due_at, identifier, attempts, max_attempts, last_error, payload,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, cron, every, timezone
 FROM future_calls WHERE id = $1;
 
 -- name: reschedule

@@ -4,6 +4,7 @@ alembic setup including the package's revisions with the two documented lines.""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -73,4 +74,4 @@ async def test_an_application_s_own_alembic_includes_the_package_revisions(
     alembic(tmp_path, dsn, "upgrade", "heads")
     assert {"users", "future_calls"} <= await tables(db)
     heads = alembic(tmp_path, dsn, "current").stdout
-    assert "app_0001 (head)" in heads and "futurecalls_0002 (head)" in heads
+    assert "app_0001 (head)" in heads and re.search(r"futurecalls_\d{4} \(head\)", heads)
