@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
-from .calls import DECODE_ERRORS, FutureCall, Registry, validate_name
+from .calls import DECODE_ERRORS, Registry, validate_name
+from .connections import Executor, driver_connection
 from .errors import InvalidScheduleError
 from .records import CALL_STATES, FutureCallRecord
 from .recurrence import Recurrence
@@ -29,6 +30,10 @@ class PlannedCall:
     identifier: str | None = None
 
 
+IfExists = Literal["add", "skip", "replace"]
+IF_EXISTS: frozenset[str] = frozenset(get_args(IfExists))
+
+
 class Session:
     """Schedules, cancels and inspects future calls. Get one with
     ``Depends(futurecalls.session)``, or from ``futurecalls.session()`` inside
@@ -46,11 +51,17 @@ class Session:
         data: BaseModel | None,
         delay: timedelta,
         identifier: str | None = None,
+        *,
+        if_exists: IfExists = "add",
+        connection: object = None,
     ) -> int:
         """Run the call registered as ``name`` with ``data`` once ``delay`` has passed,
-        measured from the database's clock. Returns the new call's id."""
+        measured from the database's clock. Returns the new call's id (with
+        ``if_exists="skip"``, the kept call's). See :meth:`future_call_at_time`."""
         _check_delay(delay)
-        return await self._schedule(name, data, identifier, delay=delay)
+        return await self._schedule(
+            name, data, identifier, (None, delay), if_exists=if_exists, connection=connection
+        )
 
     async def future_call_at_time(
         self,
@@ -58,12 +69,30 @@ class Session:
         data: BaseModel | None,
         when: datetime,
         identifier: str | None = None,
+        *,
+        if_exists: IfExists = "add",
+        connection: object = None,
     ) -> int:
         """Run the call registered as ``name`` with ``data`` at ``when``; a time in the
-        past runs at once. A naive ``when`` is taken as UTC. Returns the new call's id."""
-        return await self._schedule(name, data, identifier, at=_aware(when))
+        past runs at once. A naive ``when`` is taken as UTC. Returns the new call's id.
 
-    async def future_calls_batch(self, calls: Iterable[PlannedCall]) -> list[int]:
+        ``if_exists`` decides, per identifier and race-free, what happens when a one-off
+        call with the same identifier is pending: ``"add"`` another (default), ``"skip"``
+        (keep it, return its id), ``"replace"`` it. ``connection`` (an asyncpg connection,
+        or a SQLAlchemy ``AsyncConnection``/``AsyncSession`` on asyncpg) stores the call
+        in the caller's transaction: it commits or rolls back with the caller's writes."""
+        return await self._schedule(
+            name,
+            data,
+            identifier,
+            (_aware(when), None),
+            if_exists=if_exists,
+            connection=connection,
+        )
+
+    async def future_calls_batch(
+        self, calls: Iterable[PlannedCall], *, connection: object = None
+    ) -> list[int]:
         """Schedule many calls in one round trip, all or none; returns their ids in order.
         Every call is validated before anything is stored."""
         rows = []
@@ -73,19 +102,14 @@ class Session:
             delay = planned.delay if planned.delay is not None else timedelta(0)
             _check_delay(delay)
             at = _aware(planned.at) if planned.at is not None else None
-            call, payload = self._prepare(planned.name, planned.data, planned.identifier)
             rows.append(
-                (
-                    planned.name,
-                    payload,
-                    planned.identifier,
-                    at,
-                    None if at else delay,
-                    call.max_attempts,
-                    call.retry_backoff,
+                self._row(
+                    planned.name, planned.data, planned.identifier, (at, None if at else delay)
                 )
             )
-        return await self._store.schedule_many(rows) if rows else []
+        if not rows:
+            return []
+        return await self._store.schedule_many(rows, await _executor(connection))
 
     async def future_call_recurring(
         self,
@@ -97,6 +121,7 @@ class Session:
         every: timedelta | None = None,
         start: datetime | None = None,
         timezone: str = "UTC",
+        connection: object = None,
     ) -> int:
         """Run the call registered as ``name`` with ``data`` on a schedule: ``cron`` (five
         fields, evaluated in ``timezone``) or ``every`` (an interval), from ``start``.
@@ -106,24 +131,28 @@ class Session:
         Returns the chain's id."""
         validate_name(identifier, "identifier")
         recurrence = Recurrence(cron, every, timezone)
-        call, payload = self._prepare(name, data, identifier)
         first = recurrence.first(_aware(start) if start is not None else None, datetime.now(UTC))
+        name, payload, identifier, _, _, attempts, backoff = self._row(
+            name, data, identifier, (first, None)
+        )
         return await self._store.schedule_recurring(
             name,
             payload,
             identifier,
             first,
-            call.max_attempts,
-            call.retry_backoff,
+            attempts,
+            backoff,
             cron,
             every,
             timezone,
+            conn=await _executor(connection),
         )
 
-    async def cancel_future_call(self, identifier: str) -> int:
-        """Remove every pending call scheduled with ``identifier``; returns how many."""
+    async def cancel_future_call(self, identifier: str, *, connection: object = None) -> int:
+        """Remove every pending call scheduled with ``identifier``, and stop the recurring
+        chain with it; returns how many rows were removed. Running calls finish."""
         validate_name(identifier, "identifier")
-        return await self._store.cancel(identifier)
+        return await self._store.cancel(identifier, await _executor(connection))
 
     async def list_future_calls(
         self,
@@ -170,26 +199,29 @@ class Session:
         name: str,
         data: BaseModel | None,
         identifier: str | None,
+        due: tuple[datetime | None, timedelta | None],
         *,
-        at: datetime | None = None,
-        delay: timedelta | None = None,
+        if_exists: IfExists,
+        connection: object,
     ) -> int:
-        """Validate everything before anything is stored, then store the call."""
-        call, payload = self._prepare(name, data, identifier)
+        if if_exists not in IF_EXISTS:
+            raise InvalidScheduleError(f"if_exists must be add, skip or replace, not {if_exists!r}")
+        if if_exists != "add" and identifier is None:
+            raise InvalidScheduleError(f"if_exists={if_exists!r} needs an identifier")
+        row = self._row(name, data, identifier, due)
         return await self._store.schedule(
-            name,
-            payload,
-            identifier,
-            max_attempts=call.max_attempts,
-            retry_backoff=call.retry_backoff,
-            at=at,
-            delay=delay,
+            row, if_exists=if_exists, conn=await _executor(connection)
         )
 
-    def _prepare(
-        self, name: str, data: BaseModel | None, identifier: str | None
-    ) -> tuple[FutureCall[Any], str | None]:
-        """The registered call and the payload JSON, or a clear error."""
+    def _row(
+        self,
+        name: str,
+        data: BaseModel | None,
+        identifier: str | None,
+        due: tuple[datetime | None, timedelta | None],
+    ) -> tuple[Any, ...]:
+        """Validate everything before anything is stored: the row to store, or a clear
+        error. Row: (name, payload, identifier, at, delay, max_attempts, retry_backoff)."""
         validate_name(name)
         if identifier is not None:
             validate_name(identifier, "identifier")
@@ -200,7 +232,7 @@ class Session:
                 f"the payload of {name!r} is {len(payload.encode())} bytes, over the "
                 f"limit of {self._settings.max_payload_bytes} (max_payload_bytes)"
             )
-        return call, payload
+        return (name, payload, identifier, *due, call.max_attempts, call.retry_backoff)
 
     def _record(self, row: Any) -> FutureCallRecord:
         call = self._registry.find(row["name"])
@@ -211,6 +243,10 @@ class Session:
             except DECODE_ERRORS:
                 payload = None
         return FutureCallRecord.from_row(row, payload)
+
+
+async def _executor(connection: object) -> Executor | None:
+    return None if connection is None else await driver_connection(connection)
 
 
 # Due times must read back as Python datetimes, in UTC, from anywhere in the world.

@@ -43,8 +43,8 @@ class Settings:
         _require(self.connect_timeout > 0, "connect_timeout must be positive")
         _require(self.max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
         _require(
-            0 <= self.lock_namespace <= 0x7FFFFFFF,
-            "lock_namespace must fit in a positive 32-bit integer",
+            0 <= self.lock_namespace < 0x7FFFFFFF,
+            "lock_namespace must be from 0 to 2**31 - 2 (it and the next number are used)",
         )
 
     @classmethod

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from .connections import Executor
 from .errors import DatabaseError, DatabaseUnavailableError, SchemaMissingError
 from .settings import Settings
 from .sql import QUERIES
@@ -56,10 +57,13 @@ async def connect(settings: Settings) -> asyncpg.Connection:
 
 
 class Store:
-    """The pool used by sessions to schedule and cancel calls."""
+    """Runs the scheduling, cancelling and inspection statements, on the pool or on a
+    connection the caller passes (inside the caller's transaction)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, lock_namespace: int) -> None:
         self._pool = pool
+        # Schedule-once locks take the second key space (see docs/design.md).
+        self._identifier_locks = lock_namespace + 1
 
     @classmethod
     async def open(cls, settings: Settings) -> Store:
@@ -72,7 +76,7 @@ class Store:
                     timeout=settings.connect_timeout,
                     connection_class=_PoolConnection,
                 )
-        store = cls(pool)
+        store = cls(pool, settings.lock_namespace)
         try:
             await store.check_schema()
         except BaseException:
@@ -92,46 +96,55 @@ class Store:
                 "(see the README: Migrations)"
             )
 
+    @asynccontextmanager
+    async def _transaction(self, conn: Executor | None) -> AsyncIterator[Executor]:
+        """A transaction on ``conn`` (a savepoint inside the caller's), or on the pool."""
+        if conn is not None:
+            async with conn.transaction():
+                yield conn
+            return
+        async with self._pool.acquire() as pooled, pooled.transaction():
+            yield pooled
+
     async def schedule(
         self,
-        name: str,
-        payload: str | None,
-        identifier: str | None,
+        row: tuple[Any, ...],
         *,
-        max_attempts: int,
-        retry_backoff: timedelta,
-        at: datetime | None = None,
-        delay: timedelta | None = None,
-        executor: Any = None,
+        if_exists: str = "add",
+        conn: Executor | None = None,
     ) -> int:
+        """Row: (name, payload, identifier, at, delay, max_attempts, retry_backoff)."""
+        name, identifier = row[0], row[2]
         with database_errors(f"scheduling {name!r}"):
-            row = await (executor or self._pool).fetchrow(
-                QUERIES["schedule"],
-                name,
-                payload,
-                identifier,
-                at,
-                delay,
-                max_attempts,
-                retry_backoff,
-            )
-        assert row is not None
-        return int(row["id"])
+            if if_exists == "add":
+                return int(await (conn or self._pool).fetchval(QUERIES["schedule"], *row))
+            async with self._transaction(conn) as tx:
+                # Serialises schedule-once for this identifier until the transaction ends.
+                await tx.execute(QUERIES["lock_identifier"], self._identifier_locks, identifier)
+                if if_exists == "skip":
+                    kept = await tx.fetchval(QUERIES["pending_one_off"], identifier)
+                    if kept is not None:
+                        return int(kept)
+                else:
+                    await tx.execute(QUERIES["cancel_one_offs"], identifier)
+                return int(await tx.fetchval(QUERIES["schedule"], *row))
 
-    async def schedule_many(self, rows: list[tuple[Any, ...]]) -> list[int]:
-        """Rows of (name, payload, identifier, at, delay, max_attempts, retry_backoff)."""
+    async def schedule_many(
+        self, rows: list[tuple[Any, ...]], conn: Executor | None = None
+    ) -> list[int]:
+        """Rows as for :meth:`schedule`, in one statement."""
         columns = [list(column) for column in zip(*rows, strict=True)]
         with database_errors(f"scheduling {len(rows)} calls"):
-            ids = await self._pool.fetchval(QUERIES["schedule_many"], *columns)
+            ids = await (conn or self._pool).fetchval(QUERIES["schedule_many"], *columns)
         return list(ids)
 
-    async def schedule_recurring(self, *args: Any) -> int:
+    async def schedule_recurring(self, *args: Any, conn: Executor | None = None) -> int:
         with database_errors(f"scheduling recurring {args[0]!r}"):
-            return int(await self._pool.fetchval(QUERIES["schedule_recurring"], *args))
+            return int(await (conn or self._pool).fetchval(QUERIES["schedule_recurring"], *args))
 
-    async def cancel(self, identifier: str, *, executor: Any = None) -> int:
+    async def cancel(self, identifier: str, conn: Executor | None = None) -> int:
         with database_errors(f"cancelling {identifier!r}"):
-            status = await (executor or self._pool).execute(QUERIES["cancel"], identifier)
+            status = await (conn or self._pool).execute(QUERIES["cancel"], identifier)
         return int(status.rsplit(" ", 1)[-1])
 
     async def list(

@@ -35,6 +35,22 @@ SELECT array_agg(id ORDER BY id) AS ids,
        pg_notify('future_calls', extract(epoch FROM min(due_at) - clock_timestamp())::text)
 FROM inserted;
 
+-- name: lock_identifier
+-- Schedule-once: one transaction at a time per identifier, until it ends.
+SELECT pg_advisory_xact_lock($1::integer, hashtext($2));
+
+-- name: pending_one_off
+-- The pending one-off call with this identifier that if_exists="skip" keeps.
+SELECT id FROM future_calls
+WHERE identifier = $1 AND state = 'scheduled' AND cron IS NULL AND every IS NULL
+ORDER BY due_at, id
+LIMIT 1;
+
+-- name: cancel_one_offs
+-- What if_exists="replace" replaces: the pending one-off calls with this identifier.
+DELETE FROM future_calls
+WHERE identifier = $1 AND state = 'scheduled' AND cron IS NULL AND every IS NULL;
+
 -- name: cancel
 -- Remove every pending call with this identifier; running and parked calls stay.
 DELETE FROM future_calls WHERE identifier = $1 AND state = 'scheduled';
