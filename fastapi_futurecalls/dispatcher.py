@@ -62,6 +62,8 @@ class Dispatcher:
         self._announced = math.inf
         # How far ahead counts as due: zero, but for testing.run_due's time travel.
         self._horizon = timedelta(0)
+        # Whether a recurring chain may have a due slot to turn into a call.
+        self._chains_due = True
         # Outcomes recorded so far, collected by run_due.
         self._recorded: list[Outcome] | None = None
 
@@ -166,7 +168,11 @@ class Dispatcher:
         self._announced = math.inf
         owner = self._worker_id
         assert owner is not None
+        moved = 0
+        while self._chains_due and (chains := await self._materialize_chains(conn)):
+            moved += chains  # every due slot is a one-off call now, claimed in due order
         *rows, tail = await conn.fetch(QUERIES["claim"], free, owner, self._horizon)
+        self._chains_due = tail["chain_due"]
         calls = sorted(
             (
                 ClaimedCall(
@@ -187,8 +193,8 @@ class Dispatcher:
             task = asyncio.create_task(run_call(call, self._registry, self._session))
             self._running[task] = call
             task.add_done_callback(self._on_done)
-        if tail["chain_due"] and await self._materialize_chains(conn):
-            self._due_at = 0.0  # their occurrences are one-off calls, due now: claim them
+        if self._chains_due and moved:
+            self._due_at = 0.0  # more slots fell due meanwhile: come back at once
         elif len(rows) < free:
             # All that is due and free is ours now; sleep until the next one is due.
             self._set_due(tail["next_due_in"])

@@ -1,0 +1,178 @@
+"""The `fastapi-futurecalls` command: a thin layer over FutureCalls for operators.
+
+Exit codes: 0 success; 1 run-due: at least one call did not complete; 2 bad usage;
+3 the database is unreachable or the app's FutureCalls is misconfigured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, TypeVar
+
+import typer
+
+from .errors import ConfigurationError, DatabaseError
+from .futurecalls import FutureCalls
+from .records import FutureCallRecord
+
+T = TypeVar("T")
+EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+
+app = typer.Typer(
+    name="fastapi-futurecalls",
+    help="Run and inspect the future calls of a FastAPI app. TARGET is the "
+    "module:attribute of its FutureCalls, e.g. myapp.main:futurecalls. Exit codes: 0 ok, "
+    "1 run-due had calls that did not complete, 2 bad usage, 3 database unreachable or "
+    "misconfigured.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+Target = Annotated[str, typer.Argument(help="module:attribute of your FutureCalls")]
+
+
+def load(target: str) -> FutureCalls:
+    """Import ``module:attribute`` (from the current directory too)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise typer.BadParameter(f"{target!r} is not module:attribute", param_hint="TARGET")
+    sys.path.insert(0, "")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise typer.BadParameter(f"cannot load {target!r}: {exc}", param_hint="TARGET") from exc
+    if not isinstance(found, FutureCalls):
+        raise typer.BadParameter(f"{target!r} is a {type(found).__name__}, not FutureCalls")
+    return found
+
+
+def run(work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except (DatabaseError, ConfigurationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+
+
+@app.command(
+    help="Dispatch calls without serving HTTP, until SIGTERM or Ctrl-C (running calls get "
+    "the shutdown grace). Pair it with web workers that have execution_enabled=False."
+)
+def worker(
+    target: Target,
+    concurrency: Annotated[
+        int | None, typer.Option(help="calls at once (default: settings)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="logging level")] = "INFO",
+) -> None:
+    futurecalls = load(target)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    futurecalls.settings = dataclasses.replace(
+        futurecalls.settings,
+        execution_enabled=True,
+        concurrency_limit=concurrency or futurecalls.settings.concurrency_limit,
+    )
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with futurecalls:
+            await stop.wait()
+
+    run(serve)
+
+
+@app.command(
+    "run-due",
+    help="Run every call due now, wait for them, exit 0 if all completed and 1 if not: "
+    "for serverless deployments, started by an outside cron.",
+)
+def run_due(
+    target: Target,
+    within: Annotated[float, typer.Option(help="also run calls due within this many seconds")] = 0,
+) -> None:
+    futurecalls = load(target)
+    futurecalls.settings = dataclasses.replace(futurecalls.settings, execution_enabled=False)
+
+    async def once() -> tuple[int, int]:
+        async with futurecalls:
+            result = await futurecalls.run_due(timedelta(seconds=within))
+        return result.completed, result.failed
+
+    completed, failed = run(once)
+    typer.echo(f"{completed} completed, {failed} failed")
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("list")
+def list_calls(
+    target: Target,
+    state: Annotated[
+        str | None, typer.Option(help="scheduled, running, interrupted, failed")
+    ] = None,
+    identifier: Annotated[str | None, typer.Option()] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 50,
+) -> None:
+    """Show stored calls, by due time."""
+    futurecalls = load(target)
+    futurecalls.settings = dataclasses.replace(futurecalls.settings, execution_enabled=False)
+
+    async def fetch() -> list[FutureCallRecord]:
+        async with futurecalls:
+            return await futurecalls.session().list_future_calls(
+                state=state, identifier=identifier, name=name, limit=limit
+            )
+
+    typer.echo(table(run(fetch)))
+
+
+@app.command()
+def cancel(target: Target, identifier: Annotated[str, typer.Argument()]) -> None:
+    """Remove every pending call with IDENTIFIER (and stop its recurring chain)."""
+    futurecalls = load(target)
+    futurecalls.settings = dataclasses.replace(futurecalls.settings, execution_enabled=False)
+
+    async def remove() -> int:
+        async with futurecalls:
+            return await futurecalls.session().cancel_future_call(identifier)
+
+    typer.echo(f"cancelled {run(remove)}")
+
+
+def table(records: list[FutureCallRecord]) -> str:
+    header = ("ID", "NAME", "STATE", "DUE (UTC)", "IDENTIFIER", "TRIES", "SCHEDULE", "LAST ERROR")
+    rows = [header] + [
+        (
+            str(r.id),
+            r.name,
+            r.state,
+            f"{r.due_at:%Y-%m-%d %H:%M:%S}",
+            r.identifier or "",
+            f"{r.attempts}/{r.max_attempts}",
+            r.cron or (f"every {r.every}" if r.every else ""),
+            (r.last_error or "")[:40],
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines) if records else "no future calls"
+
+
+def main() -> None:
+    app()
