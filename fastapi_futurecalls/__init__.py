@@ -14,7 +14,7 @@ from .errors import (
 )
 from .futurecalls import DueRun, FutureCalls
 from .records import CallState, FutureCallRecord
-from .session import PlannedCall, Session
+from .session import IfExists, PlannedCall, Session
 from .settings import Settings
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "FutureCallError",
     "FutureCallRecord",
     "FutureCalls",
+    "IfExists",
     "InvalidPayloadError",
     "InvalidScheduleError",
     "NotRegisteredError",

@@ -37,10 +37,8 @@ class Recurrence:
                 CronSim(self.cron, datetime.now(zone))
             except CronSimError as exc:
                 raise InvalidScheduleError(f"bad cron expression {self.cron!r}: {exc}") from None
-        elif not isinstance(self.every, timedelta) or self.every < timedelta(seconds=1):
-            raise InvalidScheduleError(
-                f"every must be a timedelta of 1 s or more, got {self.every!r}"
-            )
+        elif not isinstance(self.every, timedelta) or self.every <= timedelta(0):
+            raise InvalidScheduleError(f"every must be a positive timedelta, got {self.every!r}")
 
     def first(self, start: datetime | None, now: datetime) -> datetime:
         """The first occurrence: ``start`` itself for an interval (default: one interval

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from fastapi_futurecalls import DatabaseUnavailableError, FutureCall, FutureCalls, Session
+from fastapi_futurecalls.migrations import sqlalchemy_url
 
 
 class Job(BaseModel):
@@ -49,7 +53,21 @@ class Retried(Record):
 futurecalls = FutureCalls()
 futurecalls.register_future_call(Record(), "record")
 futurecalls.register_future_call(Retried(), "retried")
-app = FastAPI()
+engine = create_async_engine(sqlalchemy_url(os.environ.get("DATABASE_URL", "postgresql://x/x")))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Every worker declares the same recurring chain at startup, as apps do on deploy.
+    if every := os.environ.get("HEARTBEAT_MS"):
+        await futurecalls.session().future_call_recurring(
+            "record", Job(n=-1), identifier="heartbeat", every=timedelta(milliseconds=int(every))
+        )
+    yield
+    await engine.dispose()
+
+
+app = FastAPI(lifespan=lifespan)
 futurecalls.include(app)
 
 
