@@ -1,13 +1,20 @@
 """A small drip campaign on fastapi_futurecalls.
 
-Signing up schedules a welcome mail a couple of seconds later and two follow-ups, all
-under the identifier ``user-<id>``; unsubscribing cancels whatever has not been sent.
+- Signing up schedules a welcome mail a couple of seconds later and two follow-ups, all
+  under the identifier ``user-<id>``; unsubscribing cancels whatever has not been sent.
+- Each activity pushes back one "we miss you" mail (schedule-once: ``if_exists="replace"``
+  keeps a single pending one per user).
+- A daily digest goes out at 08:00 UTC: a recurring call that every worker declares at
+  startup, and that exists once.
+
 The "mail" is a log line. Run it with ``make run`` (two uvicorn workers).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import Depends, FastAPI
@@ -24,6 +31,7 @@ DRIP: list[tuple[str, timedelta]] = [
     ("getting-started tips", timedelta(days=1)),
     ("how is it going?", timedelta(days=7)),
 ]
+IDLE_AFTER = timedelta(days=3)
 
 
 class Signup(BaseModel):
@@ -40,18 +48,43 @@ class Mail(BaseModel):
 
 
 class SendMail(FutureCall[Mail]):
+    max_attempts = 3  # a mail server hiccup should not lose the mail
+    retry_backoff = timedelta(minutes=1)
+
     async def invoke(self, session: Session, object: Mail | None) -> None:
         assert object is not None
         logger.info("mail %r to %s <%s>", object.template, object.name, object.email)
 
 
+class SendDigest(FutureCall):  # type: ignore[type-arg]  # takes no data
+    async def invoke(self, session: Session, object: None) -> None:
+        logger.info("daily digest sent")
+
+
 futurecalls = FutureCalls()
 futurecalls.register_future_call(SendMail(), "sendMail")
-app = FastAPI(title="Drip campaign", lifespan=futurecalls.lifespan)
+futurecalls.register_future_call(SendDigest(), "sendDigest")
 
 
-def identifier(user_id: int) -> str:
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Every worker runs this on every deploy; the identifier keeps a single chain.
+    await futurecalls.session().future_call_recurring(
+        "sendDigest", None, identifier="daily-digest", cron="0 8 * * *"
+    )
+    yield
+
+
+app = FastAPI(title="Drip campaign", lifespan=lifespan)
+futurecalls.include(app)
+
+
+def user_calls(user_id: int) -> str:
     return f"user-{user_id}"
+
+
+def idle_reminder(user_id: int) -> str:
+    return f"idle-{user_id}"
 
 
 @app.post("/signup")
@@ -62,16 +95,28 @@ async def signup(
     for template, delay in DRIP:
         mail = Mail(template=template, **body.model_dump())
         scheduled[template] = await session.future_call_with_delay(
-            "sendMail", mail, delay, identifier=identifier(body.user_id)
+            "sendMail", mail, delay, identifier=user_calls(body.user_id)
         )
     return {"user_id": body.user_id, "scheduled": scheduled}
+
+
+@app.post("/activity")
+async def activity(body: Signup, session: Session = Depends(futurecalls.session)) -> dict[str, int]:
+    """The user did something: the "we miss you" mail moves to three days from now."""
+    mail = Mail(template="we miss you", **body.model_dump())
+    call_id = await session.future_call_with_delay(
+        "sendMail", mail, IDLE_AFTER, identifier=idle_reminder(body.user_id), if_exists="replace"
+    )
+    return {"reminder": call_id}
 
 
 @app.post("/unsubscribe/{user_id}")
 async def unsubscribe(
     user_id: int, session: Session = Depends(futurecalls.session)
 ) -> dict[str, int]:
-    return {"cancelled": await session.cancel_future_call(identifier(user_id))}
+    cancelled = await session.cancel_future_call(user_calls(user_id))
+    cancelled += await session.cancel_future_call(idle_reminder(user_id))
+    return {"cancelled": cancelled}
 
 
 @app.get("/health")

@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 run-due: at least one call did not complete; 2 bad usag
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
 import logging
 import signal
@@ -75,8 +74,7 @@ def worker(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    futurecalls.settings = dataclasses.replace(
-        futurecalls.settings,
+    futurecalls.configure(
         execution_enabled=True,
         concurrency_limit=concurrency or futurecalls.settings.concurrency_limit,
     )
@@ -102,7 +100,7 @@ def run_due(
     within: Annotated[float, typer.Option(help="also run calls due within this many seconds")] = 0,
 ) -> None:
     futurecalls = load(target)
-    futurecalls.settings = dataclasses.replace(futurecalls.settings, execution_enabled=False)
+    futurecalls.configure(execution_enabled=False)
 
     async def once() -> tuple[int, int]:
         async with futurecalls:
@@ -127,7 +125,7 @@ def list_calls(
 ) -> None:
     """Show stored calls, by due time."""
     futurecalls = load(target)
-    futurecalls.settings = dataclasses.replace(futurecalls.settings, execution_enabled=False)
+    futurecalls.configure(execution_enabled=False)
 
     async def fetch() -> list[FutureCallRecord]:
         async with futurecalls:
@@ -142,7 +140,7 @@ def list_calls(
 def cancel(target: Target, identifier: Annotated[str, typer.Argument()]) -> None:
     """Remove every pending call with IDENTIFIER (and stop its recurring chain)."""
     futurecalls = load(target)
-    futurecalls.settings = dataclasses.replace(futurecalls.settings, execution_enabled=False)
+    futurecalls.configure(execution_enabled=False)
 
     async def remove() -> int:
         async with futurecalls:

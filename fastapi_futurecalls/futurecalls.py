@@ -75,6 +75,16 @@ class FutureCalls:
         self._store: Store | None = None
         self._dispatcher: Dispatcher | None = None
 
+    def configure(self, **overrides: Any) -> None:
+        """Change settings before start, e.g. ``configure(dsn=test_dsn)`` in a test suite
+        that imports the app's FutureCalls. Takes the keyword arguments of the constructor."""
+        if self._store is not None:
+            raise ConfigurationError("configure() must be called before FutureCalls starts")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(Settings)}
+        if unknown:
+            raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
+        self.settings = dataclasses.replace(self.settings, **overrides)
+
     def register_future_call(self, call: FutureCall[Any], name: str) -> None:
         """Make ``call`` schedulable and runnable under ``name`` (unique per app)."""
         self._registry.register(call, name)

@@ -37,7 +37,16 @@ async def test_drip_campaign_sends_welcome_and_unsubscribe_cancels_the_rest(
             response = await client.post("/unsubscribe/42")
             assert response.json() == {"cancelled": 2}
             assert (await client.post("/unsubscribe/42")).json() == {"cancelled": 0}
-        assert await db.fetchval("SELECT count(*) FROM future_calls") == 0
+        assert (
+            await db.fetchval("SELECT count(*) FROM future_calls WHERE identifier = 'user-42'") == 0
+        )
+        # Both workers declared the daily digest at startup: one chain.
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM future_calls WHERE identifier = 'daily-digest' AND cron IS NOT NULL"
+            )
+            == 1
+        )
         assert server.output().count("mail 'welcome'") == 1
     finally:
         assert server.stop() == 0

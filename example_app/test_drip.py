@@ -1,0 +1,57 @@
+"""How to test an app's future calls: time travel with fastapi_futurecalls.testing.
+
+The app's endpoints schedule calls for days ahead; `run_due(within=...)` runs everything
+that would fall due in that span right now, in due order, against the real database.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from example_app.app import app, futurecalls
+from fastapi_futurecalls.testing import run_due
+
+ADA = {"user_id": 1, "email": "ada@example.com", "name": "Ada"}
+
+
+@pytest.fixture
+async def client(dsn: str):
+    futurecalls.configure(dsn=dsn, execution_enabled=False)  # runs only when the test says
+    async with futurecalls:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            yield client
+
+
+def mails(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "example_app.mail"]
+
+
+async def test_a_week_of_drip_campaign_runs_in_order(client: httpx.AsyncClient, caplog):
+    caplog.set_level(logging.INFO, logger="example_app.mail")
+    assert (await client.post("/signup", json=ADA)).status_code == 200
+
+    first_day = await run_due(futurecalls, within=timedelta(hours=1))
+    assert first_day.completed == 1 and mails(caplog) == ["mail 'welcome' to Ada <ada@example.com>"]
+
+    week = await run_due(futurecalls, within=timedelta(days=7, minutes=1))
+    assert week.ok and week.completed == 2
+    assert [m.split("'")[1] for m in mails(caplog)] == [
+        "welcome",
+        "getting-started tips",
+        "how is it going?",
+    ]
+    assert (await client.post("/unsubscribe/1")).json() == {"cancelled": 0}
+
+
+async def test_activity_keeps_one_reminder_and_unsubscribe_cancels_it(client, caplog):
+    caplog.set_level(logging.INFO, logger="example_app.mail")
+    for _ in range(3):
+        await client.post("/activity", json=ADA)
+    assert (await client.post("/unsubscribe/1")).json() == {"cancelled": 1}
+    assert (await run_due(futurecalls, within=timedelta(days=30))).completed == 0
+    assert mails(caplog) == []
