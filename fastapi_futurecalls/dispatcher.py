@@ -31,6 +31,7 @@ logger = logging.getLogger("fastapi_futurecalls")
 
 CHANNEL = "future_calls"
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 5.0)
+CHAIN_RETRY = 0.05  # seconds before looking again at a due chain another worker holds
 CANCEL_GRACE = 5.0  # after shutdown_grace, how long cancelled calls get to unwind
 RECOVERABLE: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
@@ -168,7 +169,7 @@ class Dispatcher:
         self._announced = math.inf
         owner = self._worker_id
         assert owner is not None
-        moved = 0
+        tried, moved = self._chains_due, 0
         while self._chains_due and (chains := await self._materialize_chains(conn)):
             moved += chains  # every due slot is a one-off call now, claimed in due order
         *rows, tail = await conn.fetch(QUERIES["claim"], free, owner, self._horizon)
@@ -193,8 +194,10 @@ class Dispatcher:
             task = asyncio.create_task(run_call(call, self._registry, self._session))
             self._running[task] = call
             task.add_done_callback(self._on_done)
-        if self._chains_due and moved:
-            self._due_at = 0.0  # more slots fell due meanwhile: come back at once
+        if self._chains_due:
+            # A slot fell due: come back at once to turn it into a call, or shortly if
+            # another worker holds that chain right now.
+            self._due_at = self._loop.time() + (CHAIN_RETRY if tried and not moved else 0.0)
         elif len(rows) < free:
             # All that is due and free is ours now; sleep until the next one is due.
             self._set_due(tail["next_due_in"])

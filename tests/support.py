@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fastapi_futurecalls import FutureCall, FutureCalls, Session
-from tests.apps.worker_app import Job, Record, Retried
+from tests.apps.worker_app import Boom, Job, Record, Retried
 
 
 class Item(BaseModel):
@@ -97,6 +97,7 @@ async def schedule_jobs(
     web = FutureCalls(dsn, execution_enabled=False)
     web.register_future_call(Record(), "record")
     web.register_future_call(Retried(), "retried")
+    web.register_future_call(Boom(), "boom")
     async with web:
         session = web.session()
         for job in jobs:

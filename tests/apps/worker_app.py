@@ -14,12 +14,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from fastapi_futurecalls import DatabaseUnavailableError, FutureCall, FutureCalls, Session
+from fastapi_futurecalls import (
+    DatabaseUnavailableError,
+    FutureCall,
+    FutureCalls,
+    IfExists,
+    Session,
+)
 from fastapi_futurecalls.migrations import sqlalchemy_url
 
 
@@ -50,7 +57,13 @@ class Retried(Record):
     retry_backoff = timedelta(milliseconds=100)
 
 
+class Boom(FutureCall[Job]):
+    async def invoke(self, session: Session, object: Job | None) -> None:
+        raise RuntimeError("boom")
+
+
 futurecalls = FutureCalls()
+futurecalls.register_future_call(Boom(), "boom")
 futurecalls.register_future_call(Record(), "record")
 futurecalls.register_future_call(Retried(), "retried")
 engine = create_async_engine(sqlalchemy_url(os.environ.get("DATABASE_URL", "postgresql://x/x")))
@@ -86,7 +99,26 @@ async def schedule(
     job: Job,
     delay_ms: int = 0,
     name: str = "record",
+    identifier: str | None = None,
+    if_exists: IfExists = "add",
     session: Session = Depends(futurecalls.session),
 ) -> dict[str, int]:
-    call_id = await session.future_call_with_delay(name, job, timedelta(milliseconds=delay_ms))
+    call_id = await session.future_call_with_delay(
+        name, job, timedelta(milliseconds=delay_ms), identifier, if_exists=if_exists
+    )
+    return {"id": call_id}
+
+
+@app.post("/signup/{user_id}")
+async def signup(
+    user_id: int, fail: bool = False, session: Session = Depends(futurecalls.session)
+) -> dict[str, int]:
+    """Creates the user and schedules its call in one SQLAlchemy transaction."""
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO users (id) VALUES (:id)"), {"id": user_id})
+        call_id = await session.future_call_with_delay(
+            "record", Job(n=user_id), timedelta(0), connection=conn
+        )
+        if fail:
+            raise HTTPException(409, "rolled back after scheduling")
     return {"id": call_id}

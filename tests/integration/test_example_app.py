@@ -43,7 +43,8 @@ async def test_drip_campaign_sends_welcome_and_unsubscribe_cancels_the_rest(
         # Both workers declared the daily digest at startup: one chain.
         assert (
             await db.fetchval(
-                "SELECT count(*) FROM future_calls WHERE identifier = 'daily-digest' AND cron IS NOT NULL"
+                "SELECT count(*) FROM future_calls"
+                " WHERE identifier = 'daily-digest' AND cron IS NOT NULL"
             )
             == 1
         )
