@@ -13,7 +13,6 @@ import math
 import random
 from collections.abc import Callable
 from datetime import timedelta
-from itertools import groupby
 from typing import Any
 
 import asyncpg
@@ -135,12 +134,12 @@ class Dispatcher:
 
     async def _step(self) -> None:
         conn = self._connection()
-        await self._flush(conn)
         if self._loop.time() >= self._tick_at:
             await self._tick(conn)
         free = self._settings.concurrency_limit - len(self._running)
         if free > 0 and self._loop.time() >= self._due_at and not self._stopping:
-            await self._claim(conn, free)
+            await self._claim(conn, free)  # records finished calls in the same statement
+        await self._flush(conn)
         await self._wait()
 
     async def _tick(self, conn: asyncpg.Connection) -> None:
@@ -172,7 +171,7 @@ class Dispatcher:
         tried, moved = self._chains_due, 0
         while self._chains_due and (chains := await self._materialize_chains(conn)):
             moved += chains  # every due slot is a one-off call now, claimed in due order
-        *rows, tail = await conn.fetch(QUERIES["claim"], free, owner, self._horizon)
+        *rows, tail = await self._record(conn, owner, free)
         self._chains_due = tail["chain_due"]
         calls = sorted(
             (
@@ -222,30 +221,36 @@ class Dispatcher:
         return len(chains)
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
-        """Record every finished call in one statement per owner (normally one)."""
-        if not self._outcomes:
-            return
-        outcomes, self._outcomes = self._outcomes, []
+        """Record every finished call: the claim statement, claiming nothing."""
+        for owner in {o.call.owner for o in self._outcomes}:
+            await self._record(conn, owner, 0)
+
+    async def _record(self, conn: asyncpg.Connection, owner: int, free: int) -> list[Any]:
+        """Record ``owner``'s finished calls and claim up to ``free`` calls for it, in one
+        statement; returns the claimed rows and, last, the tail row."""
+        mine = [o for o in self._outcomes if o.call.owner == owner]
+        self._outcomes = [o for o in self._outcomes if o.call.owner != owner]
+        done = [o.call for o in mine if o.state == "done"]
+        other = [o for o in mine if o.state != "done"]
         try:
-            for owner, group in groupby(sorted(outcomes, key=_owner), key=_owner):
-                batch = list(group)
-                done = [o.call for o in batch if o.state == "done"]
-                other = [o for o in batch if o.state != "done"]
-                await conn.execute(
-                    QUERIES["finish"],
-                    owner,
-                    [c.id for c in done],
-                    [c.attempts for c in done],
-                    [o.call.id for o in other],
-                    [o.call.attempts for o in other],
-                    [o.state for o in other],
-                    [o.error for o in other],
-                )
+            rows = await conn.fetch(
+                QUERIES["claim"],
+                free,
+                owner,
+                self._horizon,
+                [c.id for c in done],
+                [c.attempts for c in done],
+                [o.call.id for o in other],
+                [o.call.attempts for o in other],
+                [o.state for o in other],
+                [o.error for o in other],
+            )
         except BaseException:
-            self._outcomes[:0] = outcomes  # recording is idempotent: retry them all
+            self._outcomes[:0] = mine  # recording is idempotent: retry them
             raise
         if self._recorded is not None:
-            self._recorded.extend(outcomes)
+            self._recorded.extend(mine)
+        return rows
 
     async def _wait(self) -> None:
         if self._stopping:
@@ -425,7 +430,3 @@ class Dispatcher:
                 await asyncio.wait_for(conn.close(), timeout=2)
             except RECOVERABLE:
                 conn.terminate()
-
-
-def _owner(outcome: Outcome) -> int:
-    return outcome.call.owner

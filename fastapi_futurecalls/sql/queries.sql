@@ -75,13 +75,32 @@ SELECT pg_backend_pid() AS pid, EXISTS (
       AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2) AS holds_lock;
 
 -- name: claim
--- Claim up to $1 one-off calls due by now() + $3 (zero but in testing.run_due) for
--- worker $2, oldest first. SKIP LOCKED lets many dispatchers claim at the same instant
+-- The dispatcher's one statement per turn. First it records worker $2's finished calls:
+-- done ones ($4 ids, $5 attempts) leave the table; the others ($6 ids, $7 attempts,
+-- $8 next states, $9 errors) are parked, or rescheduled for another attempt after the
+-- call's backoff (doubling, with jitter). Owner and attempt number fence these writes:
+-- an outcome of a run whose row was swept, or claimed again since, matches nothing.
+-- Then it claims up to $1 one-off calls due by now() + $3 (zero but in run_due's time
+-- travel), oldest first; SKIP LOCKED lets many dispatchers claim at the same instant
 -- without waiting on or sharing a row. A last row (id NULL) carries the seconds until
--- the next call due after that, computed in the same statement with the same now(), so
--- no call falls between "due now" and "due later", and whether a recurring chain is due
--- (chains are claimed by lock_due_chains and advance_chains).
-WITH due AS (
+-- the next call due after that, computed with the same now() so that no call falls
+-- between "due now" and "due later", and whether a recurring chain is due.
+WITH done AS (
+    DELETE FROM future_calls AS c
+    USING unnest($4::bigint[], $5::integer[]) AS d(id, attempts)
+    WHERE c.id = d.id AND c.attempts = d.attempts AND c.owner = $2 AND c.state = 'running'
+), parked AS (
+    UPDATE future_calls AS c
+    SET state = p.state, last_error = p.error, owner = NULL,
+        finished_at = CASE WHEN p.state = 'scheduled' THEN NULL ELSE now() END,
+        due_at = CASE WHEN p.state = 'scheduled'
+                      THEN now() + c.retry_backoff * power(2, least(c.attempts - 1, 16))
+                                   * (0.75 + random() * 0.5)
+                      ELSE c.due_at END
+    FROM unnest($6::bigint[], $7::integer[], $8::text[], $9::text[])
+         AS p(id, attempts, state, error)
+    WHERE c.id = p.id AND c.attempts = p.attempts AND c.owner = $2 AND c.state = 'running'
+), due AS (
     SELECT id FROM future_calls
     WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
       AND due_at <= now() + $3::interval
@@ -159,32 +178,6 @@ WITH upserted AS (
 )
 SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
 FROM upserted;
-
--- name: finish
--- Record a batch of outcomes of worker $1: done calls ($2 ids, $3 attempts) leave the
--- table; the others ($4 ids, $5 attempts, $6 next states, $7 errors) are parked, or
--- rescheduled for another attempt after the call's backoff (doubling, with jitter).
--- Owner and attempt number fence the write: an outcome of a run whose row was swept,
--- or claimed again since, matches nothing.
-WITH done AS (
-    DELETE FROM future_calls AS c
-    USING unnest($2::bigint[], $3::integer[]) AS d(id, attempts)
-    WHERE c.id = d.id AND c.attempts = d.attempts AND c.owner = $1 AND c.state = 'running'
-    RETURNING c.id
-), parked AS (
-    UPDATE future_calls AS c
-    SET state = p.state, last_error = p.error, owner = NULL,
-        finished_at = CASE WHEN p.state = 'scheduled' THEN NULL ELSE now() END,
-        due_at = CASE WHEN p.state = 'scheduled'
-                      THEN now() + c.retry_backoff * power(2, least(c.attempts - 1, 16))
-                                   * (0.75 + random() * 0.5)
-                      ELSE c.due_at END
-    FROM unnest($4::bigint[], $5::integer[], $6::text[], $7::text[])
-         AS p(id, attempts, state, error)
-    WHERE c.id = p.id AND c.attempts = p.attempts AND c.owner = $1 AND c.state = 'running'
-    RETURNING c.id
-)
-SELECT (SELECT count(*) FROM done) + (SELECT count(*) FROM parked) AS recorded;
 
 -- name: still_owned
 -- Which of these running calls (ids $2, attempts $3) are still worker $1's, after a
