@@ -4,7 +4,7 @@ Schema: ``App.schema_manager.apply_schema_async()``; procrastinate has no uninst
 setup drops the ``procrastinate_*`` objects itself first. Enqueue: ``Task.defer_async``
 and ``Task.batch_defer_async``, scheduled with ``Task.configure(schedule_at=...)``.
 Worker: ``App.run_worker_async(concurrency=..., wait=True)``, stopped by cancelling it
-(its documented graceful stop: running jobs finish, the worker unregisters).
+(the worker turns that into its graceful stop: running jobs finish, it unregisters).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from procrastinate import App, PsycopgConnector
+from procrastinate.types import JSONDict
 
 from bench.counter import Counter
 
@@ -40,8 +41,10 @@ END $$
 """
 
 
-def app(dsn: str, counter: Counter | None = None, **pool: int) -> App:
-    application = App(connector=PsycopgConnector(conninfo=dsn, **pool))
+def app(dsn: str, counter: Counter | None = None, pool_size: int = 4) -> App:
+    # pool_size 4 is psycopg_pool's default (min_size=4, max_size=min_size).
+    connector = PsycopgConnector(conninfo=dsn, min_size=pool_size, max_size=pool_size)
+    application = App(connector=connector)
 
     @application.task(name="hit")
     async def hit(i: int, due: float = 0.0) -> None:
@@ -60,7 +63,8 @@ async def setup(dsn: str) -> None:
 
 async def enqueue_due(dsn: str, n: int) -> None:
     async with app(dsn).open_async() as application:
-        await application.tasks["hit"].batch_defer_async(*({"i": i} for i in range(n)))
+        jobs: list[JSONDict] = [{"i": i} for i in range(n)]
+        await application.tasks["hit"].batch_defer_async(*jobs)
 
 
 def worker(
@@ -85,7 +89,7 @@ def worker(
 async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
     # Non-default: one connection per coroutine, as the other systems' pools have (the
     # psycopg pool's default is 4).
-    async with app(dsn, min_size=coroutines, max_size=coroutines).open_async() as application:
+    async with app(dsn, pool_size=coroutines).open_async() as application:
         hit = application.tasks["hit"]
 
         async def schedule(start: int) -> None:
@@ -98,8 +102,8 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
 async def schedule_batch(dsn: str, n: int) -> None:
     async with app(dsn).open_async() as application:
         later = datetime.now(UTC) + timedelta(days=1)
-        deferrer = application.tasks["hit"].configure(schedule_at=later)
-        await deferrer.batch_defer_async(*({"i": i} for i in range(n)))
+        jobs: list[JSONDict] = [{"i": i} for i in range(n)]
+        await application.tasks["hit"].configure(schedule_at=later).batch_defer_async(*jobs)
 
 
 async def schedule_ahead(dsn: str, n: int, ahead: float) -> None:

@@ -108,10 +108,11 @@ WITH done AS (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
+    -- id = ANY(array) keeps the primary-key lookup in the generic plan, which the
+    -- dispatcher's connection always uses (no planning per turn).
     UPDATE future_calls AS c
     SET state = 'running', owner = $2, attempts = c.attempts + 1, started_at = now()
-    FROM due
-    WHERE c.id = due.id
+    WHERE c.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING c.id, c.name, c.payload, c.identifier, c.due_at, c.attempts, c.max_attempts
 )
 SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
