@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -24,7 +25,7 @@ import asyncpg
 
 from bench.counter import CTX, Counter
 
-SYSTEMS = ["futurecalls", "rawsql"]
+SYSTEMS = ["futurecalls", "pgqueuer", "procrastinate", "rawsql"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -111,8 +112,9 @@ def schedule(systems: dict[str, ModuleType], dsn: str, n: int) -> list[dict[str,
                 continue
             asyncio.run(system.setup(dsn))
             started = time.perf_counter()
-            asyncio.run(getattr(system, fn)(dsn, *args))
-            rate = n / (time.perf_counter() - started)
+            timed = asyncio.run(getattr(system, fn)(dsn, *args))
+            # A system times its scheduling itself (leaving out connecting), if it can.
+            rate = n / (timed if isinstance(timed, float) else time.perf_counter() - started)
             rows.append({"system": system.NAME, "mode": mode, "calls": n, "calls_per_s": rate})
             print(f"  schedule {system.NAME:20} {mode}: {rate:,.0f} calls/s", file=sys.stderr)
     return rows
@@ -193,6 +195,54 @@ def idle(systems: dict[str, ModuleType], dsn: str, seconds: float) -> list[dict[
     return rows
 
 
+def scale(systems: dict[str, ModuleType], dsn: str, n: int, pending: int) -> dict[str, Any]:
+    """This project only: the drain at W=4 and cancel-by-identifier, with `pending` calls
+    waiting far in the future, against the same on an empty table."""
+    system = systems["futurecalls"]
+    figures: dict[str, Any] = {"pending": pending, "calls": n}
+    for label, far in (("empty", 0), ("loaded", pending)):
+        asyncio.run(system.setup(dsn))
+        if far:
+            asyncio.run(system.enqueue_far(dsn, far))
+        asyncio.run(system.enqueue_due(dsn, n))
+        counter = Counter(n)
+        elapsed = run_workers(system, dsn, 4, counter, n)
+        figures[f"drain_{label}_calls_per_s"] = n / elapsed if elapsed else None
+        figures[f"drain_{label}_duplicates"] = counter.duplicates()
+        figures[f"cancel_{label}_ms"] = asyncio.run(system.time_cancel(dsn, 50))
+        print(
+            f"  scale {label:6}: drain {_fmt(figures[f'drain_{label}_calls_per_s'])} calls/s, "
+            f"cancel p50 {figures[f'cancel_{label}_ms']:.2f} ms",
+            file=sys.stderr,
+        )
+    return figures
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=110)
+    for name in dict.fromkeys(row["system"] for row in results["drain"]):
+        rows = [r for r in results["drain"] if r["system"] == name and r["calls_per_s"]]
+        axes.plot(
+            [r["workers"] for r in rows], [r["calls_per_s"] for r in rows], marker="o", label=name
+        )
+    axes.set(
+        xlabel="worker processes (10 concurrent calls each)",
+        ylabel="calls/s",
+        title=f"Drain of {results['calls']:,} due calls, {results['machine']}",
+        xticks=[1, 2, 4],
+        yscale="log",
+    )
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
 def _fmt(value: float | None, digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
@@ -216,6 +266,14 @@ def report(results: dict[str, Any]) -> str:
     lines.append("idle cost (transactions/s, 4 workers)")
     for row in results["idle"]:
         lines.append(f"  {row['system']:22} {row['tps']:.2f}")
+    if results.get("scale"):
+        sc = results["scale"]
+        lines.append(f"scale ({sc['pending']:,} calls pending far ahead, W=4)")
+        lines.append(
+            f"  drain empty {_fmt(sc['drain_empty_calls_per_s'])} calls/s, loaded "
+            f"{_fmt(sc['drain_loaded_calls_per_s'])} calls/s; cancel by identifier "
+            f"p50 {sc['cancel_empty_ms']:.2f} ms empty, {sc['cancel_loaded_ms']:.2f} ms loaded"
+        )
     return "\n".join(lines)
 
 
@@ -241,8 +299,12 @@ def main() -> None:
     results["schedule"] = schedule(systems, dsn, 5_000 if args.quick else 10_000)
     results["lateness"] = lateness(systems, dsn, 200)
     results["idle"] = idle(systems, dsn, 10 if args.quick else 30)
+    if "futurecalls" in systems:
+        results["scale"] = scale(systems, dsn, n, 100_000 if args.quick else 1_000_000)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
+    with contextlib.suppress(ImportError):
+        chart(results, args.out.with_suffix(".png"))
     print(report(results))
 
 

@@ -77,7 +77,7 @@ def worker(
     asyncio.run(run())
 
 
-async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
+async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     async with futurecalls(dsn, execution_enabled=False, pool_size=coroutines) as fc:
         session = fc.session()
 
@@ -85,14 +85,18 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
             for i in range(start, n, coroutines):
                 await session.future_call_with_delay("hit", Job(i=i), timedelta(days=1))
 
+        started = time.perf_counter()
         await asyncio.gather(*(schedule(k) for k in range(coroutines)))
+        return time.perf_counter() - started
 
 
-async def schedule_batch(dsn: str, n: int) -> None:
+async def schedule_batch(dsn: str, n: int) -> float:
     async with futurecalls(dsn, execution_enabled=False) as fc:
+        started = time.perf_counter()
         await fc.session().future_calls_batch(
             [PlannedCall("hit", Job(i=i), delay=timedelta(days=1)) for i in range(n)]
         )
+        return time.perf_counter() - started
 
 
 async def schedule_ahead(dsn: str, n: int, ahead: float) -> None:
@@ -105,3 +109,30 @@ async def schedule_ahead(dsn: str, n: int, ahead: float) -> None:
                 "hit", Job(i=i, due=due), datetime.fromtimestamp(due, UTC)
             )
             await asyncio.sleep(0.02)
+
+
+async def enqueue_far(dsn: str, n: int) -> None:
+    """n calls pending a year ahead, ten per identifier."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO future_calls (name, payload, identifier, due_at) "
+            "SELECT 'hit', json_build_object('i', i), 'far-' || (i / 10), "
+            "now() + interval '365 days' FROM generate_series(0, $1 - 1) AS i",
+            n,
+        )
+        await conn.execute("ANALYZE future_calls")
+    finally:
+        await conn.close()
+
+
+async def time_cancel(dsn: str, times: int) -> float:
+    """Median milliseconds of cancel_future_call for identifiers of ten calls each (or none)."""
+    async with futurecalls(dsn, execution_enabled=False) as fc:
+        session = fc.session()
+        spent = []
+        for k in range(times):
+            started = time.perf_counter()
+            await session.cancel_future_call(f"far-{k * 7}")
+            spent.append((time.perf_counter() - started) * 1000)
+    return sorted(spent)[len(spent) // 2]

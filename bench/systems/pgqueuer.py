@@ -64,11 +64,12 @@ def worker(
                 data = json.loads(job.payload or b"{}")
                 counter.hit(data["i"], data.get("due", 0.0))
 
-            # Non-default: a per-worker cap of `concurrency` jobs is `max_concurrent_tasks`
-            # (an entrypoint's `concurrency_limit` is fleet-wide), and pgqueuer requires it
-            # to be at least twice `batch_size`, so batch_size drops from 10 to 5.
+            # Its default batch of `concurrency` (10) jobs per fetch. The per-worker cap is
+            # `max_concurrent_tasks` (an entrypoint's `concurrency_limit` is fleet-wide),
+            # which pgqueuer requires to be at least twice the batch: 20, the closest it
+            # allows to 10 concurrent jobs. A cap of 10 would force batches of 5, slower.
             task = asyncio.create_task(
-                qm.run(batch_size=max(1, concurrency // 2), max_concurrent_tasks=concurrency)
+                qm.run(batch_size=concurrency, max_concurrent_tasks=2 * concurrency)
             )
             await asyncio.wait(
                 (task, asyncio.ensure_future(asyncio.to_thread(stop.wait))),
@@ -82,7 +83,7 @@ def worker(
     asyncio.run(run())
 
 
-async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
+async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     pool = await asyncpg.create_pool(dsn, min_size=coroutines, max_size=coroutines)
     try:
         queries = Queries(AsyncpgPoolDriver(pool))
@@ -91,17 +92,21 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
             for i in range(start, n, coroutines):
                 await queries.enqueue(ENTRYPOINT, payload(i), execute_after=LATER)
 
+        started = time.perf_counter()
         await asyncio.gather(*(schedule(k) for k in range(coroutines)))
+        return time.perf_counter() - started
     finally:
         await pool.close()
 
 
-async def schedule_batch(dsn: str, n: int) -> None:
+async def schedule_batch(dsn: str, n: int) -> float:
     conn = await asyncpg.connect(dsn)
     try:
+        started = time.perf_counter()
         await Queries(AsyncpgDriver(conn)).enqueue(
             [ENTRYPOINT] * n, [payload(i) for i in range(n)], [0] * n, [LATER] * n
         )
+        return time.perf_counter() - started
     finally:
         await conn.close()
 

@@ -86,7 +86,7 @@ def worker(
     asyncio.run(run())
 
 
-async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
+async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     # Non-default: one connection per coroutine, as the other systems' pools have (the
     # psycopg pool's default is 4).
     async with app(dsn, pool_size=coroutines).open_async() as application:
@@ -96,14 +96,18 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
             for i in range(start, n, coroutines):
                 await hit.configure(schedule_in={"days": 1}).defer_async(i=i)
 
+        started = time.perf_counter()
         await asyncio.gather(*(schedule(k) for k in range(coroutines)))
+        return time.perf_counter() - started
 
 
-async def schedule_batch(dsn: str, n: int) -> None:
+async def schedule_batch(dsn: str, n: int) -> float:
     async with app(dsn).open_async() as application:
+        started = time.perf_counter()
         later = datetime.now(UTC) + timedelta(days=1)
         jobs: list[JSONDict] = [{"i": i} for i in range(n)]
         await application.tasks["hit"].configure(schedule_at=later).batch_defer_async(*jobs)
+        return time.perf_counter() - started
 
 
 async def schedule_ahead(dsn: str, n: int, ahead: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing.synchronize
+import time
 
 import asyncpg
 
@@ -61,7 +62,7 @@ def worker(
     asyncio.run(run())
 
 
-async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
+async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     pool = await asyncpg.create_pool(dsn, min_size=coroutines, max_size=coroutines)
     try:
 
@@ -72,17 +73,21 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> None:
                     f'{{"i": {i}}}',
                 )
 
+        started = time.perf_counter()
         await asyncio.gather(*(schedule(k) for k in range(coroutines)))
+        return time.perf_counter() - started
     finally:
         await pool.close()
 
 
-async def schedule_batch(dsn: str, n: int) -> None:
+async def schedule_batch(dsn: str, n: int) -> float:
     conn = await asyncpg.connect(dsn)
     try:
+        started = time.perf_counter()
         await conn.executemany(
             "INSERT INTO raw_jobs (due_at, payload) VALUES (now() + interval '1 day', $1)",
             [(f'{{"i": {i}}}',) for i in range(n)],
         )
+        return time.perf_counter() - started
     finally:
         await conn.close()
