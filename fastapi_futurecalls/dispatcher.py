@@ -172,7 +172,8 @@ class Dispatcher:
         while self._chains_due and (chains := await self._materialize_chains(conn)):
             moved += chains  # every due slot is a one-off call now, claimed in due order
         *rows, tail = await self._record(conn, owner, free)
-        self._chains_due = tail["chain_due"]
+        if tail["chain_due"] is not None:  # None: a full turn, which did not look
+            self._chains_due = tail["chain_due"]
         calls = sorted(
             (
                 ClaimedCall(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -41,21 +41,12 @@ class FutureCallRecord:
 
     @classmethod
     def from_row(cls, row: Any, payload: BaseModel | None) -> FutureCallRecord:
-        return cls(
-            id=row["id"],
-            name=row["name"],
-            state=row["state"],
-            due_at=row["due_at"],
-            identifier=row["identifier"],
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"],
-            last_error=row["last_error"],
-            payload=payload,
-            payload_json=row["payload"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            cron=row["cron"],
-            every=row["every"],
-            timezone=row["timezone"],
-        )
+        """From a row of the list/get statements, whose columns carry the field names
+        (the stored JSON is the ``payload`` column)."""
+        columns = {name: row[name] for name in _COLUMNS}
+        return cls(**columns, payload=payload, payload_json=row["payload"])
+
+
+_COLUMNS = tuple(
+    f.name for f in fields(FutureCallRecord) if f.name not in ("payload", "payload_json")
+)

@@ -11,10 +11,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 from pydantic import BaseModel
 
 from bench.counter import Counter
+from bench.systems import execute
 from fastapi_futurecalls import FutureCall, FutureCalls, PlannedCall, Session
 
 NAME = "fastapi-futurecalls"
@@ -46,25 +46,20 @@ async def setup(dsn: str) -> None:
         check=True,
         capture_output=True,
     )
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("TRUNCATE future_calls")
-    finally:
-        await conn.close()
+    await execute(dsn, "TRUNCATE future_calls")
 
 
 async def enqueue_due(dsn: str, n: int) -> None:
     """n calls already due (a bulk insert: enqueueing is not what this step measures)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
+    await execute(
+        dsn,
+        (
             "INSERT INTO future_calls (name, payload, due_at) "
             "SELECT 'hit', json_build_object('i', i), now() - interval '1 second' "
             "FROM generate_series(0, $1 - 1) AS i",
             n,
-        )
-    finally:
-        await conn.close()
+        ),
+    )
 
 
 def worker(
@@ -113,17 +108,16 @@ async def schedule_ahead(dsn: str, n: int, ahead: float) -> None:
 
 async def enqueue_far(dsn: str, n: int) -> None:
     """n calls pending a year ahead, ten per identifier."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
+    await execute(
+        dsn,
+        (
             "INSERT INTO future_calls (name, payload, identifier, due_at) "
             "SELECT 'hit', json_build_object('i', i), 'far-' || (i / 10), "
             "now() + interval '365 days' FROM generate_series(0, $1 - 1) AS i",
             n,
-        )
-        await conn.execute("ANALYZE future_calls")
-    finally:
-        await conn.close()
+        ),
+        "VACUUM ANALYZE future_calls",  # a table that size is vacuumed in production
+    )
 
 
 async def time_cancel(dsn: str, times: int) -> float:

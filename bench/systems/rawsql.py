@@ -10,6 +10,7 @@ import time
 import asyncpg
 
 from bench.counter import Counter
+from bench.systems import execute
 
 NAME = "raw SQL"
 
@@ -21,27 +22,23 @@ DELETE FROM raw_jobs WHERE id IN (
 
 
 async def setup(dsn: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "DROP TABLE IF EXISTS raw_jobs; CREATE TABLE raw_jobs "
-            "(id bigserial PRIMARY KEY, due_at timestamptz NOT NULL, payload json);"
-            "CREATE INDEX ON raw_jobs (due_at)"
-        )
-    finally:
-        await conn.close()
+    await execute(
+        dsn,
+        "DROP TABLE IF EXISTS raw_jobs; CREATE TABLE raw_jobs "
+        "(id bigserial PRIMARY KEY, due_at timestamptz NOT NULL, payload json);"
+        "CREATE INDEX ON raw_jobs (due_at)",
+    )
 
 
 async def enqueue_due(dsn: str, n: int) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
+    await execute(
+        dsn,
+        (
             "INSERT INTO raw_jobs (due_at, payload) SELECT now() - interval '1 second', "
             "json_build_object('i', i) FROM generate_series(0, $1 - 1) AS i",
             n,
-        )
-    finally:
-        await conn.close()
+        ),
+    )
 
 
 def worker(

@@ -119,17 +119,23 @@ SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
        NULL::float8 AS next_due_in, NULL::boolean AS chain_due
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       extract(epoch FROM least(
-           (SELECT min(due_at) FROM future_calls
-            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
-              AND due_at > now() + $3::interval),
-           (SELECT min(due_at) FROM future_calls
-            WHERE (cron IS NOT NULL OR every IS NOT NULL) AND due_at > now() + $3::interval)
-       ) - clock_timestamp() - $3::interval)::float8,
-       EXISTS (SELECT 1 FROM future_calls
-               WHERE (cron IS NOT NULL OR every IS NOT NULL)
-                 AND due_at <= now() + $3::interval);
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due
+FROM (SELECT count(*) < $1 AS drained FROM claimed) AS turn
+-- Only a turn that took fewer calls than it could asks what comes next: a full one
+-- comes straight back for more.
+LEFT JOIN LATERAL (
+    SELECT extract(epoch FROM least(
+               (SELECT min(due_at) FROM future_calls
+                WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+                  AND due_at > now() + $3::interval),
+               (SELECT min(due_at) FROM future_calls
+                WHERE (cron IS NOT NULL OR every IS NOT NULL) AND due_at > now() + $3::interval)
+           ) - clock_timestamp() - $3::interval)::float8 AS next_due_in,
+           EXISTS (SELECT 1 FROM future_calls
+                   WHERE (cron IS NOT NULL OR every IS NOT NULL)
+                     AND due_at <= now() + $3::interval) AS chain_due
+    WHERE turn.drained
+) AS next ON true;
 
 -- name: lock_due_chains
 -- In the claiming transaction: recurring chains due by now() + $2, at most $1, locked.
