@@ -171,6 +171,8 @@ class Dispatcher:
         tried, moved = self._chains_due, 0
         while self._chains_due and (chains := await self._materialize_chains(conn)):
             moved += chains  # every due slot is a one-off call now, claimed in due order
+        if tried and not moved:
+            self._chains_due = False  # none due, or held by another worker: the tail tells
         *rows, tail = await self._record(conn, owner, free)
         if tail["chain_due"] is not None:  # None: a full turn, which did not look
             self._chains_due = tail["chain_due"]
