@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -19,3 +22,18 @@ async def execute(dsn: str, *statements: str | tuple[str, Any]) -> None:
                 await conn.execute(statement)
     finally:
         await conn.close()
+
+
+async def one_at_a_time(
+    n: int, coroutines: int, schedule: Callable[[int], Awaitable[Any]]
+) -> float:
+    """Seconds to run ``schedule(i)`` for i in 0..n-1, one call at a time in each of
+    ``coroutines`` concurrent coroutines, as endpoints would."""
+
+    async def share(first: int) -> None:
+        for i in range(first, n, coroutines):
+            await schedule(i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(share(k) for k in range(coroutines)))
+    return time.perf_counter() - started

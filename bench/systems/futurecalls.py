@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from bench.counter import Counter
-from bench.systems import execute
+from bench.systems import execute, one_at_a_time
 from fastapi_futurecalls import FutureCall, FutureCalls, PlannedCall, Session
 
 NAME = "fastapi-futurecalls"
@@ -75,14 +75,11 @@ def worker(
 async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     async with futurecalls(dsn, execution_enabled=False, pool_size=coroutines) as fc:
         session = fc.session()
-
-        async def schedule(start: int) -> None:
-            for i in range(start, n, coroutines):
-                await session.future_call_with_delay("hit", Job(i=i), timedelta(days=1))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(schedule(k) for k in range(coroutines)))
-        return time.perf_counter() - started
+        return await one_at_a_time(
+            n,
+            coroutines,
+            lambda i: session.future_call_with_delay("hit", Job(i=i), timedelta(days=1)),
+        )
 
 
 async def schedule_batch(dsn: str, n: int) -> float:

@@ -19,6 +19,7 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Job, Queries, QueueManager
 
 from bench.counter import Counter
+from bench.systems import one_at_a_time
 
 NAME = "pgqueuer"
 ENTRYPOINT = "hit"
@@ -87,14 +88,9 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     pool = await asyncpg.create_pool(dsn, min_size=coroutines, max_size=coroutines)
     try:
         queries = Queries(AsyncpgPoolDriver(pool))
-
-        async def schedule(start: int) -> None:
-            for i in range(start, n, coroutines):
-                await queries.enqueue(ENTRYPOINT, payload(i), execute_after=LATER)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(schedule(k) for k in range(coroutines)))
-        return time.perf_counter() - started
+        return await one_at_a_time(
+            n, coroutines, lambda i: queries.enqueue(ENTRYPOINT, payload(i), execute_after=LATER)
+        )
     finally:
         await pool.close()
 

@@ -20,6 +20,7 @@ from procrastinate import App, PsycopgConnector
 from procrastinate.types import JSONDict
 
 from bench.counter import Counter
+from bench.systems import one_at_a_time
 
 NAME = "procrastinate"
 
@@ -91,14 +92,9 @@ async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     # psycopg pool's default is 4).
     async with app(dsn, pool_size=coroutines).open_async() as application:
         hit = application.tasks["hit"]
-
-        async def schedule(start: int) -> None:
-            for i in range(start, n, coroutines):
-                await hit.configure(schedule_in={"days": 1}).defer_async(i=i)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(schedule(k) for k in range(coroutines)))
-        return time.perf_counter() - started
+        return await one_at_a_time(
+            n, coroutines, lambda i: hit.configure(schedule_in={"days": 1}).defer_async(i=i)
+        )
 
 
 async def schedule_batch(dsn: str, n: int) -> float:

@@ -10,7 +10,7 @@ import time
 import asyncpg
 
 from bench.counter import Counter
-from bench.systems import execute
+from bench.systems import execute, one_at_a_time
 
 NAME = "raw SQL"
 
@@ -62,17 +62,14 @@ def worker(
 async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:
     pool = await asyncpg.create_pool(dsn, min_size=coroutines, max_size=coroutines)
     try:
-
-        async def schedule(start: int) -> None:
-            for i in range(start, n, coroutines):
-                await pool.execute(
-                    "INSERT INTO raw_jobs (due_at, payload) VALUES (now() + interval '1 day', $1)",
-                    f'{{"i": {i}}}',
-                )
-
-        started = time.perf_counter()
-        await asyncio.gather(*(schedule(k) for k in range(coroutines)))
-        return time.perf_counter() - started
+        return await one_at_a_time(
+            n,
+            coroutines,
+            lambda i: pool.execute(
+                "INSERT INTO raw_jobs (due_at, payload) VALUES (now() + interval '1 day', $1)",
+                f'{{"i": {i}}}',
+            ),
+        )
     finally:
         await pool.close()
 

@@ -84,6 +84,7 @@ async def test_soak(
     finally:
         await conn.close()
     runs = runlog.runs()
+    parked_calls = {r["n"] for r in parked}
     figures = {
         "policy": policy,
         "calls": CALLS,
@@ -92,6 +93,11 @@ async def test_soak(
         "completed": len(runs),
         "parked": len(parked),
         "parked_states": sorted({r["state"] for r in parked}),
+        # A worker killed after a call returned but before its outcome was written: the
+        # run finished, its record did not (at most once: parked as interrupted though it
+        # completed; retries: attempted again, so it ran twice). No system can close
+        # this window without putting the work and its record in one transaction.
+        "completed_but_unrecorded": len(set(runs) & parked_calls),
         "duplicates": sum(count - 1 for count in runs.values()),
         "interrupted_runs": runlog.count("started") - runlog.count("done"),
     }
@@ -99,11 +105,14 @@ async def test_soak(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
 
-    assert figures["duplicates"] == 0
-    assert set(runs) | {r["n"] for r in parked} == set(range(CALLS)), "a call was lost"
-    assert not set(runs) & {r["n"] for r in parked}
+    assert set(runs) | parked_calls == set(range(CALLS)), "a call was lost"
+    # Each kill can cut off at most the outcomes one worker had not yet written.
+    unrecorded_bound = kills * 10
     if policy == "at-most-once":
+        assert figures["duplicates"] == 0, "a call ran twice"
         assert figures["parked_states"] in ([], ["interrupted"])
+        assert figures["completed_but_unrecorded"] <= unrecorded_bound
     else:
         assert figures["parked"] == 0 and figures["completed"] == CALLS
+        assert figures["duplicates"] <= unrecorded_bound
     assert kills >= 10 and restarts == 1
