@@ -25,6 +25,7 @@ class Uvicorn:
     """`uvicorn APP --workers N` on a free port, its output in a log file."""
 
     def __init__(self, app: str, dsn: str, workers: int, log: Path, **env: str) -> None:
+        self.workers = workers
         self.port = free_port()
         self.log_path = log
         self._log = log.open("ab")
@@ -56,11 +57,15 @@ class Uvicorn:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"uvicorn exited early:\n{self.output()}")
+            # Every worker, not just the first: one still starting when a test breaks the
+            # database would fail its startup and take the whole server down.
+            started = self.output(tail=None).count("Application startup complete.")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
+                healthy = httpx.get(self.url + "/health", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
+                healthy = False
+            if healthy and started >= self.workers:
+                return
             time.sleep(0.1)
         raise AssertionError(f"uvicorn not ready after {timeout}s:\n{self.output()}")
 
