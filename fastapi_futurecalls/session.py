@@ -227,9 +227,10 @@ class Session:
             validate_name(identifier, "identifier")
         call = self._registry.get(name)
         payload = call.encode(data)
-        if payload is not None and len(payload.encode()) > self._settings.max_payload_bytes:
+        size = 0 if payload is None else len(payload.encode())
+        if size > self._settings.max_payload_bytes:
             raise InvalidScheduleError(
-                f"the payload of {name!r} is {len(payload.encode())} bytes, over the "
+                f"the payload of {name!r} is {size} bytes, over the "
                 f"limit of {self._settings.max_payload_bytes} (max_payload_bytes)"
             )
         return (name, payload, identifier, *due, call.max_attempts, call.retry_backoff)
@@ -252,6 +253,7 @@ async def _executor(connection: object) -> Executor | None:
 # Due times must read back as Python datetimes, in UTC, from anywhere in the world.
 EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+SAFE_DELAY = timedelta(days=365 * 7000)  # shorter delays cannot pass LATEST before 2999
 
 
 def _check_delay(delay: object) -> None:
@@ -259,7 +261,7 @@ def _check_delay(delay: object) -> None:
         raise InvalidScheduleError(f"delay must be a timedelta, got {type(delay).__name__}")
     if delay < timedelta(0):
         raise InvalidScheduleError(f"delay must not be negative, got {delay}")
-    if delay > LATEST - datetime.now(UTC):
+    if delay > SAFE_DELAY and delay > LATEST - datetime.now(UTC):
         raise InvalidScheduleError(f"delay {delay} would fall due after {LATEST:%Y-%m-%d}")
 
 
