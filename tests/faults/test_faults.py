@@ -106,10 +106,12 @@ async def test_database_unreachable_for_ten_seconds(
     total = 200
     server = serve(2, fault_dsn, FUTURECALLS_POLL_INTERVAL="1")
     await schedule_jobs(fault_dsn, [Job(n=n) for n in range(total // 2)])
+    # Due well after the first half has run (a slow machine included), and before the
+    # ten-second outage below is over.
     await schedule_jobs(
-        fault_dsn, [Job(n=n) for n in range(total // 2, total)], timedelta(seconds=3)
+        fault_dsn, [Job(n=n) for n in range(total // 2, total)], timedelta(seconds=8)
     )
-    await wait_for(lambda: runlog.count() >= total // 2)
+    await wait_for(lambda: runlog.count() >= total // 2, within=5)
     async with (
         keep_asking(server.url) as statuses,
         httpx.AsyncClient(base_url=server.url) as client,
