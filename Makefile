@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 WITH_DB = DATABASE_URL="$${DATABASE_URL:-$$($(PYTHON) scripts/devdb.py ensure)}" && export DATABASE_URL &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv db db-stop db-destroy migrate run test lint format bench clean
+.PHONY: help venv pgbouncer db db-stop db-destroy migrate run test lint format bench clean
 
 help: ## List the targets
 	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
@@ -28,6 +28,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# The pooler tests (tests/integration/test_pgbouncer.py) run a real pgbouncer. Installed
+# from the system's packages when it is missing and we can (root with apt-get).
+pgbouncer: ## Install pgbouncer for the pooler tests if missing (root with apt-get)
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing pgbouncer (apt-get)"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+	      || echo "warning: could not install pgbouncer; the pooler tests will fail"; \
+	  else \
+	    echo "warning: pgbouncer is missing; the pooler tests will fail (apt-get install pgbouncer)"; \
+	  fi; }
 
 db: ## Start the dev PostgreSQL cluster if needed; print DATABASE_URL
 	@$(WITH_DB) echo "$$DATABASE_URL"
@@ -44,7 +57,7 @@ migrate: venv ## Apply the migrations (alembic upgrade head)
 run: migrate ## Serve example_app with 2 uvicorn workers on 127.0.0.1:PORT
 	$(WITH_DB) $(BIN)/uvicorn example_app.app:app --workers 2 --host 127.0.0.1 --port $(PORT)
 
-test: venv ## Run the tests (extra pytest options: PYTEST_ARGS=...)
+test: venv pgbouncer ## Run the tests (extra pytest options: PYTEST_ARGS=...)
 	$(WITH_DB) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy

@@ -24,7 +24,14 @@ from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
 from .sql import QUERIES
-from .store import CONNECTION_ERRORS, connect
+from .store import (
+    CONNECTION_ERRORS,
+    POOLER_HINT,
+    POOLER_SYMPTOMS,
+    backend_pid_of_another_connection,
+    connect,
+    first_line,
+)
 
 logger = logging.getLogger("fastapi_futurecalls")
 
@@ -32,6 +39,10 @@ CHANNEL = "future_calls"
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 5.0)
 CHAIN_RETRY = 0.05  # seconds before looking again at a due chain another worker holds
 CANCEL_GRACE = 5.0  # after shutdown_grace, how long cancelled calls get to unwind
+NOT_SESSION_PINNED = (
+    "the dispatcher's connection does not keep its server session between statements, "
+    "so its advisory lock and LISTEN would be lost"
+)
 RECOVERABLE: tuple[type[BaseException], ...] = (
     *CONNECTION_ERRORS,
     asyncpg.PostgresError,
@@ -351,6 +362,11 @@ class Dispatcher:
     async def _connect(self) -> None:
         conn = await connect(self._settings)
         try:
+            # A transaction pooler hands a session that is idle between statements to the
+            # next client that asks: refuse before taking a lock it would strand there.
+            pid = await conn.fetchval(QUERIES["backend_pid"])
+            if await backend_pid_of_another_connection(self._settings) == pid:
+                raise ConfigurationError(f"{NOT_SESSION_PINNED}: {POOLER_HINT}")
             namespace = self._settings.lock_namespace
             relocked, pid = False, 0
             if self._worker_id is not None:
@@ -368,6 +384,11 @@ class Dispatcher:
             conn.add_termination_listener(self._on_terminated)
             if relocked:
                 await self._reconcile(conn)
+        except POOLER_SYMPTOMS as exc:
+            conn.terminate()
+            raise ConfigurationError(
+                f"{NOT_SESSION_PINNED} ({first_line(exc)}): {POOLER_HINT}"
+            ) from exc
         except BaseException:
             conn.terminate()
             raise
@@ -383,12 +404,7 @@ class Dispatcher:
         )
         assert row is not None
         if row["pid"] != pid or not row["holds_lock"]:
-            raise ConfigurationError(
-                "the dispatcher's connection does not keep its server session between "
-                "statements (a transaction-pooling proxy such as pgbouncer in transaction "
-                "mode?): session advisory locks and LISTEN need a direct connection or "
-                "session pooling; see docs/design.md, Known limits"
-            )
+            raise ConfigurationError(f"{NOT_SESSION_PINNED}: {POOLER_HINT}")
 
     async def _reconcile(self, conn: asyncpg.Connection) -> None:
         """After a reconnect under the same worker number, make the table and this process

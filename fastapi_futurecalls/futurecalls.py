@@ -56,6 +56,7 @@ class FutureCalls:
         restart_grace: float | None = None,
         connect_timeout: float | None = None,
         pool_size: int | None = None,
+        statement_cache_size: int | None = None,
         max_payload_bytes: int | None = None,
     ) -> None:
         self.settings = Settings.load(
@@ -68,6 +69,7 @@ class FutureCalls:
                 "restart_grace": restart_grace,
                 "connect_timeout": connect_timeout,
                 "pool_size": pool_size,
+                "statement_cache_size": statement_cache_size,
                 "max_payload_bytes": max_payload_bytes,
             }
         )

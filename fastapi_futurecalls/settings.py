@@ -31,12 +31,14 @@ class Settings:
     restart_grace: float = 20.0
     connect_timeout: float = 10.0
     pool_size: int = 10
+    statement_cache_size: int = 100
     max_payload_bytes: int = 1_048_576
     lock_namespace: int = DEFAULT_LOCK_NAMESPACE
 
     def __post_init__(self) -> None:
         _require(self.concurrency_limit >= 1, "concurrency_limit must be at least 1")
         _require(self.pool_size >= 1, "pool_size must be at least 1")
+        _require(self.statement_cache_size >= 0, "statement_cache_size must not be negative")
         _require(self.poll_interval > 0, "poll_interval must be positive")
         _require(self.shutdown_grace >= 0, "shutdown_grace must not be negative")
         _require(self.restart_grace >= 0, "restart_grace must not be negative")

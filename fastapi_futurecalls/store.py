@@ -11,7 +11,12 @@ from typing import Any
 import asyncpg
 
 from .connections import Executor
-from .errors import DatabaseError, DatabaseUnavailableError, SchemaMissingError
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    SchemaMissingError,
+)
 from .settings import Settings
 from .sql import QUERIES
 
@@ -25,6 +30,23 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 
+# What a transaction-pooling proxy does to asyncpg's named prepared statements: they stay
+# on a server session after their client moved on, or are missing on the next one.
+POOLER_SYMPTOMS: tuple[type[BaseException], ...] = (
+    asyncpg.DuplicatePreparedStatementError,
+    asyncpg.InvalidSQLStatementNameError,
+)
+POOLER_HINT = (
+    "a transaction-pooling proxy such as pgbouncer in transaction mode? Scheduling through "
+    "one needs statement_cache_size=0 (FUTURECALLS_STATEMENT_CACHE_SIZE=0); dispatchers "
+    "need a direct connection or session pooling (docs/design.md, Known limits)"
+)
+
+
+def first_line(exc: BaseException) -> str:
+    """asyncpg's messages for pooler symptoms go on for a page of advice."""
+    return str(exc).partition("\n")[0]
+
 
 @contextmanager
 def database_errors(action: str) -> Iterator[None]:
@@ -35,6 +57,8 @@ def database_errors(action: str) -> Iterator[None]:
         raise SchemaMissingError(
             f"{action}: the future_calls table does not exist; run `alembic upgrade head`"
         ) from exc
+    except POOLER_SYMPTOMS as exc:
+        raise ConfigurationError(f"{action}: {first_line(exc)}: {POOLER_HINT}") from exc
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailableError(f"{action}: database unavailable: {exc!r}") from exc
     except asyncpg.PostgresError as exc:
@@ -52,14 +76,31 @@ class _PoolConnection(asyncpg.Connection):
 async def connect(settings: Settings) -> asyncpg.Connection:
     """The dispatcher's own connection, outside any pool. It runs the same few statements
     over and over, written to plan well generically: planning them once per connection
-    instead of once per turn triples the claim rate (docs/performance.md)."""
+    instead of once per turn triples the claim rate (docs/performance.md). The setting is
+    a SET, not a startup parameter, which poolers such as pgbouncer refuse."""
     with database_errors("connecting"):
         async with asyncio.timeout(settings.connect_timeout):
-            return await asyncpg.connect(
-                settings.dsn,
-                timeout=settings.connect_timeout,
-                server_settings={"plan_cache_mode": "force_generic_plan"},
+            conn = await asyncpg.connect(settings.dsn, timeout=settings.connect_timeout)
+            try:
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
+            except BaseException:
+                conn.terminate()
+                raise
+            return conn
+
+
+async def backend_pid_of_another_connection(settings: Settings) -> int:
+    """The server process that a second, short-lived client connection is served by."""
+    with database_errors("connecting"):
+        async with asyncio.timeout(settings.connect_timeout):
+            probe = await asyncpg.connect(
+                settings.dsn, timeout=settings.connect_timeout, statement_cache_size=0
             )
+            try:
+                pid: int = await probe.fetchval("SELECT pg_backend_pid()")
+            finally:
+                probe.terminate()
+            return pid
 
 
 class Store:
@@ -80,6 +121,7 @@ class Store:
                     min_size=1,
                     max_size=settings.pool_size,
                     timeout=settings.connect_timeout,
+                    statement_cache_size=settings.statement_cache_size,
                     connection_class=_PoolConnection,
                 )
         store = cls(pool, settings.lock_namespace)

@@ -66,6 +66,10 @@ FROM worker;
 -- After a reconnect, take back the same worker number if nobody swept it yet.
 SELECT pg_try_advisory_lock($1::integer, $2::integer) AS locked, pg_backend_pid() AS pid;
 
+-- name: backend_pid
+-- The server process this connection's statements run in.
+SELECT pg_backend_pid();
+
 -- name: check_session
 -- Is this still the server session that took the lock? Behind a transaction-pooling
 -- proxy the next statement may run in another session, where the lock is not held.
