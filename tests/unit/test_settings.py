@@ -20,12 +20,14 @@ def test_environment_then_arguments() -> None:
         "FUTURECALLS_CONCURRENCY_LIMIT": "4",
         "FUTURECALLS_EXECUTION_ENABLED": "false",
         "FUTURECALLS_POLL_INTERVAL": "2.5",
+        "FUTURECALLS_STATEMENT_CACHE_SIZE": "0",
     }
     settings = Settings.load({"concurrency_limit": 7, "poll_interval": None}, environ=env)
     assert settings.dsn == "postgresql://a/b"
     assert settings.concurrency_limit == 7
     assert settings.execution_enabled is False
     assert settings.poll_interval == 2.5
+    assert settings.statement_cache_size == 0
     override = {"FUTURECALLS_DSN": "postgresql://c/d", "DATABASE_URL": "postgresql://a/b"}
     assert Settings.load(environ=override).dsn == "postgresql://c/d"
 
@@ -37,6 +39,7 @@ def test_environment_then_arguments() -> None:
         ({"FUTURECALLS_EXECUTION_ENABLED": "maybe"}, "FUTURECALLS_EXECUTION_ENABLED"),
         ({"FUTURECALLS_CONCURRENCY_LIMIT": "0"}, "concurrency_limit must be at least 1"),
         ({"FUTURECALLS_POLL_INTERVAL": "-1"}, "poll_interval must be positive"),
+        ({"FUTURECALLS_STATEMENT_CACHE_SIZE": "-1"}, "statement_cache_size must not be neg"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
