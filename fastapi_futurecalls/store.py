@@ -82,7 +82,7 @@ async def connect(settings: Settings) -> asyncpg.Connection:
         async with asyncio.timeout(settings.connect_timeout):
             conn = await asyncpg.connect(settings.dsn, timeout=settings.connect_timeout)
             try:
-                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                await conn.execute(QUERIES["tune_dispatcher_session"])
             except BaseException:
                 conn.terminate()
                 raise

@@ -66,6 +66,10 @@ FROM worker;
 -- After a reconnect, take back the same worker number if nobody swept it yet.
 SELECT pg_try_advisory_lock($1::integer, $2::integer) AS locked, pg_backend_pid() AS pid;
 
+-- name: tune_dispatcher_session
+-- Plan the dispatcher's statements once per connection (docs/performance.md).
+SET plan_cache_mode = force_generic_plan;
+
 -- name: backend_pid
 -- The server process this connection's statements run in.
 SELECT pg_backend_pid();
