@@ -23,7 +23,7 @@ from .recurrence import Recurrence
 from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
-from .sql import QUERIES
+from .sql import channel, queries_for
 from .store import (
     CONNECTION_ERRORS,
     POOLER_HINT,
@@ -35,7 +35,6 @@ from .store import (
 
 logger = logging.getLogger("fastapi_futurecalls")
 
-CHANNEL = "future_calls"
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 5.0)
 CHAIN_RETRY = 0.05  # seconds before looking again at a due chain another worker holds
 CANCEL_GRACE = 5.0  # after shutdown_grace, how long cancelled calls get to unwind
@@ -55,6 +54,8 @@ class Dispatcher:
 
     def __init__(self, settings: Settings, registry: Registry, session: Callable[[], Session]):
         self._settings = settings
+        self._queries = queries_for(settings.schema)
+        self._channel = channel(settings.schema)
         self._registry = registry
         self._session = session
         self._conn: asyncpg.Connection | None = None
@@ -158,7 +159,7 @@ class Dispatcher:
         self._tick_at = self._loop.time() + self._settings.poll_interval * random.uniform(0.9, 1.1)
         self._announced = math.inf
         row = await conn.fetchrow(
-            QUERIES["sweep"], self._settings.lock_namespace, self._settings.restart_grace
+            self._queries["sweep"], self._settings.namespace, self._settings.restart_grace
         )
         assert row is not None
         for call_id, name, state in zip(
@@ -221,7 +222,7 @@ class Dispatcher:
         to its next slot in the same transaction; returns how many chains moved."""
         async with conn.transaction():
             chains = await conn.fetch(
-                QUERIES["lock_due_chains"], self._settings.concurrency_limit, self._horizon
+                self._queries["lock_due_chains"], self._settings.concurrency_limit, self._horizon
             )
             if not chains:
                 return 0
@@ -231,7 +232,9 @@ class Dispatcher:
                 )
                 for row in chains
             ]
-            await conn.execute(QUERIES["materialize_chains"], [r["id"] for r in chains], nexts)
+            await conn.execute(
+                self._queries["materialize_chains"], [r["id"] for r in chains], nexts
+            )
         return len(chains)
 
     async def _flush(self, conn: asyncpg.Connection) -> None:
@@ -248,7 +251,7 @@ class Dispatcher:
         other = [o for o in mine if o.state != "done"]
         try:
             rows = await conn.fetch(
-                QUERIES["claim"],
+                self._queries["claim"],
                 free,
                 owner,
                 self._horizon,
@@ -364,23 +367,25 @@ class Dispatcher:
         try:
             # A transaction pooler hands a session that is idle between statements to the
             # next client that asks: refuse before taking a lock it would strand there.
-            pid = await conn.fetchval(QUERIES["backend_pid"])
+            pid = await conn.fetchval(self._queries["backend_pid"])
             if await backend_pid_of_another_connection(self._settings) == pid:
                 raise ConfigurationError(f"{NOT_SESSION_PINNED}: {POOLER_HINT}")
-            namespace = self._settings.lock_namespace
+            namespace = self._settings.namespace
             relocked, pid = False, 0
             if self._worker_id is not None:
-                row = await conn.fetchrow(QUERIES["relock_worker"], namespace, self._worker_id)
+                row = await conn.fetchrow(
+                    self._queries["relock_worker"], namespace, self._worker_id
+                )
                 assert row is not None
                 relocked, pid = row["locked"], row["pid"]
             while not relocked:
-                row = await conn.fetchrow(QUERIES["register_worker"], namespace)
+                row = await conn.fetchrow(self._queries["register_worker"], namespace)
                 assert row is not None
                 if row["locked"]:
                     self._worker_id, pid = row["id"], row["pid"]
                     break
             await self._check_session(conn, pid)
-            await conn.add_listener(CHANNEL, self._on_notify)
+            await conn.add_listener(self._channel, self._on_notify)
             conn.add_termination_listener(self._on_terminated)
             if relocked:
                 await self._reconcile(conn)
@@ -400,7 +405,7 @@ class Dispatcher:
         """Refuse a connection that does not keep its server session: the advisory lock
         that proves this worker alive would be lost between statements."""
         row = await conn.fetchrow(
-            QUERIES["check_session"], self._settings.lock_namespace, self._worker_id
+            self._queries["check_session"], self._settings.namespace, self._worker_id
         )
         assert row is not None
         if row["pid"] != pid or not row["holds_lock"]:
@@ -412,7 +417,7 @@ class Dispatcher:
         of calls another worker swept meanwhile stop, so a retry elsewhere never overlaps
         with them."""
         known = [c.id for c in self._running.values()] + [o.call.id for o in self._outcomes]
-        for row in await conn.fetch(QUERIES["requeue_untracked"], self._worker_id, known):
+        for row in await conn.fetch(self._queries["requeue_untracked"], self._worker_id, known):
             logger.warning(
                 "future call %r (id %d) was claimed as the connection dropped; back in line",
                 row["name"],
@@ -425,7 +430,7 @@ class Dispatcher:
         owned = {
             row["id"]
             for row in await conn.fetch(
-                QUERIES["still_owned"],
+                self._queries["still_owned"],
                 self._worker_id,
                 [c.id for c in calls],
                 [c.attempts for c in calls],

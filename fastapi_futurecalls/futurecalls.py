@@ -58,6 +58,7 @@ class FutureCalls:
         pool_size: int | None = None,
         statement_cache_size: int | None = None,
         max_payload_bytes: int | None = None,
+        schema: str | None = None,
     ) -> None:
         self.settings = Settings.load(
             {
@@ -71,6 +72,7 @@ class FutureCalls:
                 "pool_size": pool_size,
                 "statement_cache_size": statement_cache_size,
                 "max_payload_bytes": max_payload_bytes,
+                "schema": schema,
             }
         )
         self._registry = Registry()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from .errors import ConfigurationError
 ENV_PREFIX = "FUTURECALLS_"
 # "FUTC" in ASCII: the first key of every advisory lock this library takes (see docs/design.md).
 DEFAULT_LOCK_NAMESPACE = 0x46555443
+# The NOTIFY channel is "future_calls.<schema>", and a channel name has at most 63 bytes.
+MAX_SCHEMA_BYTES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,8 @@ class Settings:
     pool_size: int = 10
     statement_cache_size: int = 100
     max_payload_bytes: int = 1_048_576
-    lock_namespace: int = DEFAULT_LOCK_NAMESPACE
+    schema: str | None = None
+    lock_namespace: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.concurrency_limit >= 1, "concurrency_limit must be at least 1")
@@ -45,9 +49,32 @@ class Settings:
         _require(self.connect_timeout > 0, "connect_timeout must be positive")
         _require(self.max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
         _require(
-            0 <= self.lock_namespace < 0x7FFFFFFF,
+            self.lock_namespace is None or 0 <= self.lock_namespace < 0x7FFFFFFF,
             "lock_namespace must be from 0 to 2**31 - 2 (it and the next number are used)",
         )
+        if self.schema is not None:
+            _require(
+                isinstance(self.schema, str)
+                and 1 <= len(self.schema.encode()) <= MAX_SCHEMA_BYTES
+                and "\x00" not in self.schema,
+                f"schema must be a name of 1 to {MAX_SCHEMA_BYTES} bytes without NUL "
+                f"characters, got {self.schema!r}",
+            )
+            _require(
+                not self.schema.startswith("pg_"),
+                f"schema {self.schema!r}: names starting with pg_ are reserved by PostgreSQL",
+            )
+
+    @property
+    def namespace(self) -> int:
+        """The first key of every advisory lock: ``lock_namespace``; by default 0x46555443,
+        or, with a ``schema``, a number derived from it, so that the tables of two schemas
+        in one database never share worker numbers."""
+        if self.lock_namespace is not None:
+            return self.lock_namespace
+        if self.schema is None:
+            return DEFAULT_LOCK_NAMESPACE
+        return zlib.crc32(f"futurecalls schema {self.schema}".encode()) % (0x7FFFFFFF - 1)
 
     @classmethod
     def load(
@@ -67,6 +94,7 @@ class Settings:
 
 
 def _parse(name: str, type_name: object, raw: str) -> Any:
+    type_name = str(type_name).removesuffix(" | None")
     try:
         if type_name == "bool":
             lowered = raw.strip().lower()

@@ -18,7 +18,7 @@ from .errors import (
     SchemaMissingError,
 )
 from .settings import Settings
-from .sql import QUERIES
+from .sql import QUERIES, queries_for
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -107,10 +107,12 @@ class Store:
     """Runs the scheduling, cancelling and inspection statements, on the pool or on a
     connection the caller passes (inside the caller's transaction)."""
 
-    def __init__(self, pool: asyncpg.Pool, lock_namespace: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
+        self._queries = queries_for(settings.schema)
+        self._schema = settings.schema
         # Schedule-once locks take the second key space (see docs/design.md).
-        self._identifier_locks = lock_namespace + 1
+        self._identifier_locks = settings.namespace + 1
 
     @classmethod
     async def open(cls, settings: Settings) -> Store:
@@ -124,7 +126,7 @@ class Store:
                     statement_cache_size=settings.statement_cache_size,
                     connection_class=_PoolConnection,
                 )
-        store = cls(pool, settings.lock_namespace)
+        store = cls(pool, settings)
         try:
             await store.check_schema()
         except BaseException:
@@ -137,11 +139,13 @@ class Store:
 
     async def check_schema(self) -> None:
         with database_errors("checking the schema"):
-            present = await self._pool.fetchval(QUERIES["check_schema"])
+            present = await self._pool.fetchval(self._queries["check_schema"])
         if not present:
+            where = "" if self._schema is None else f" in schema {self._schema!r}"
+            env = "" if self._schema is None else f"FUTURECALLS_SCHEMA={self._schema} "
             raise SchemaMissingError(
-                "the future_calls table does not exist; run `alembic upgrade head` "
-                "(see the README: Migrations)"
+                f"the future_calls table does not exist{where}; run `{env}alembic upgrade "
+                "head` (see the README: Migrations)"
             )
 
     @asynccontextmanager
@@ -165,17 +169,19 @@ class Store:
         name, identifier = row[0], row[2]
         with database_errors(f"scheduling {name!r}"):
             if if_exists == "add":
-                return int(await (conn or self._pool).fetchval(QUERIES["schedule"], *row))
+                return int(await (conn or self._pool).fetchval(self._queries["schedule"], *row))
             async with self._transaction(conn) as tx:
                 # Serialises schedule-once for this identifier until the transaction ends.
-                await tx.execute(QUERIES["lock_identifier"], self._identifier_locks, identifier)
+                await tx.execute(
+                    self._queries["lock_identifier"], self._identifier_locks, identifier
+                )
                 if if_exists == "skip":
-                    kept = await tx.fetchval(QUERIES["pending_one_off"], identifier)
+                    kept = await tx.fetchval(self._queries["pending_one_off"], identifier)
                     if kept is not None:
                         return int(kept)
                 else:
-                    await tx.execute(QUERIES["cancel_one_offs"], identifier)
-                return int(await tx.fetchval(QUERIES["schedule"], *row))
+                    await tx.execute(self._queries["cancel_one_offs"], identifier)
+                return int(await tx.fetchval(self._queries["schedule"], *row))
 
     async def schedule_many(
         self, rows: list[tuple[Any, ...]], conn: Executor | None = None
@@ -183,33 +189,35 @@ class Store:
         """Rows as for :meth:`schedule`, in one statement."""
         columns = [list(column) for column in zip(*rows, strict=True)]
         with database_errors(f"scheduling {len(rows)} calls"):
-            ids = await (conn or self._pool).fetchval(QUERIES["schedule_many"], *columns)
+            ids = await (conn or self._pool).fetchval(self._queries["schedule_many"], *columns)
         return list(ids)
 
     async def schedule_recurring(self, *args: Any, conn: Executor | None = None) -> int:
         with database_errors(f"scheduling recurring {args[0]!r}"):
-            return int(await (conn or self._pool).fetchval(QUERIES["schedule_recurring"], *args))
+            return int(
+                await (conn or self._pool).fetchval(self._queries["schedule_recurring"], *args)
+            )
 
     async def cancel(self, identifier: str, conn: Executor | None = None) -> int:
         with database_errors(f"cancelling {identifier!r}"):
-            status = await (conn or self._pool).execute(QUERIES["cancel"], identifier)
+            status = await (conn or self._pool).execute(self._queries["cancel"], identifier)
         return int(status.rsplit(" ", 1)[-1])
 
     async def list(
         self, identifier: str | None, name: str | None, state: str | None, limit: int
     ) -> list[asyncpg.Record]:
         with database_errors("listing future calls"):
-            return await self._pool.fetch(QUERIES["list"], identifier, name, state, limit)
+            return await self._pool.fetch(self._queries["list"], identifier, name, state, limit)
 
     async def get(self, call_id: int) -> asyncpg.Record | None:
         with database_errors(f"reading future call {call_id}"):
-            return await self._pool.fetchrow(QUERIES["get"], call_id)
+            return await self._pool.fetchrow(self._queries["get"], call_id)
 
     async def reschedule(self, call_id: int, at: datetime | None, delay: timedelta | None) -> bool:
         with database_errors(f"rescheduling future call {call_id}"):
-            row = await self._pool.fetchrow(QUERIES["reschedule"], call_id, at, delay)
+            row = await self._pool.fetchrow(self._queries["reschedule"], call_id, at, delay)
         return row is not None
 
     async def delete(self, call_id: int) -> bool:
         with database_errors(f"deleting future call {call_id}"):
-            return await self._pool.fetchval(QUERIES["delete"], call_id) is not None
+            return await self._pool.fetchval(self._queries["delete"], call_id) is not None

@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from fastapi_futurecalls.migrations import sqlalchemy_url
+from fastapi_futurecalls.migrations import create_schema, schema_from_environment, sqlalchemy_url
 
 config = context.config
 if config.config_file_name is not None and config.file_config.has_section("loggers"):
@@ -24,10 +24,21 @@ def _url() -> str:
     return sqlalchemy_url(url)
 
 
-def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None)
+# FUTURECALLS_SCHEMA: the library's objects, and this environment's version table, live
+# in that schema, so that each schema of a database is migrated on its own.
+SCHEMA = schema_from_environment()
+
+
+def _migrate() -> None:
     with context.begin_transaction():
+        if SCHEMA is not None:  # before alembic creates its version table there
+            context.execute(create_schema(SCHEMA))
         context.run_migrations()
+
+
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=None, version_table_schema=SCHEMA)
+    _migrate()
 
 
 async def _run_online() -> None:
@@ -40,8 +51,7 @@ async def _run_online() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(url=_url(), literal_binds=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    context.configure(url=_url(), literal_binds=True, version_table_schema=SCHEMA)
+    _migrate()
 else:
     asyncio.run(_run_online())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -102,3 +105,16 @@ async def schedule_jobs(
         session = web.session()
         for job in jobs:
             await session.future_call_with_delay(name, job, delay)
+
+
+def alembic(cwd: Path, dsn: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``alembic ARGS`` in ``cwd`` against ``dsn``; fail the test if it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=cwd,
+        env={**os.environ, "DATABASE_URL": dsn, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

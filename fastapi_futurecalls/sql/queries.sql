@@ -178,16 +178,16 @@ FROM advanced AS a JOIN old ON old.id = a.id;
 -- unique index): name, payload and policy follow the latest call; the next due time is
 -- kept unless the schedule itself changed.
 WITH upserted AS (
-    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
-                              cron, every, timezone)
+    INSERT INTO future_calls AS c (name, payload, identifier, due_at, max_attempts,
+                                   retry_backoff, cron, every, timezone)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
     ON CONFLICT (identifier) WHERE (cron IS NOT NULL OR every IS NOT NULL)
     DO UPDATE SET
         name = EXCLUDED.name, payload = EXCLUDED.payload,
         max_attempts = EXCLUDED.max_attempts, retry_backoff = EXCLUDED.retry_backoff,
-        due_at = CASE WHEN (future_calls.cron, future_calls.every, future_calls.timezone)
+        due_at = CASE WHEN (c.cron, c.every, c.timezone)
                            IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
-                      THEN future_calls.due_at ELSE EXCLUDED.due_at END,
+                      THEN c.due_at ELSE EXCLUDED.due_at END,
         cron = EXCLUDED.cron, every = EXCLUDED.every, timezone = EXCLUDED.timezone
     RETURNING id, due_at
 )

@@ -3,28 +3,14 @@ alembic setup including the package's revisions with the two documented lines.""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import asyncpg
 
 from tests.conftest import ROOT
-
-
-def alembic(cwd: Path, dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=cwd,
-        env={**os.environ, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+from tests.support import alembic
 
 
 async def tables(db: asyncpg.Connection) -> set[str]:

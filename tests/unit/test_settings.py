@@ -40,8 +40,23 @@ def test_environment_then_arguments() -> None:
         ({"FUTURECALLS_CONCURRENCY_LIMIT": "0"}, "concurrency_limit must be at least 1"),
         ({"FUTURECALLS_POLL_INTERVAL": "-1"}, "poll_interval must be positive"),
         ({"FUTURECALLS_STATEMENT_CACHE_SIZE": "-1"}, "statement_cache_size must not be neg"),
+        ({"FUTURECALLS_SCHEMA": "x" * 51}, "schema must be a name of 1 to 50 bytes"),
+        ({"FUTURECALLS_SCHEMA": "a\x00b"}, "without NUL characters"),
+        ({"FUTURECALLS_SCHEMA": "pg_calls"}, "reserved by PostgreSQL"),
+        ({"FUTURECALLS_LOCK_NAMESPACE": "-5"}, "lock_namespace must be from 0"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message.replace("(", r"\(")):
         Settings.load(environ=env)
+
+
+def test_each_schema_gets_its_own_lock_namespace_unless_one_is_given() -> None:
+    default = Settings.load(environ={})
+    a = Settings.load(environ={"FUTURECALLS_SCHEMA": "a"})
+    b = Settings.load(environ={"FUTURECALLS_SCHEMA": "b"})
+    assert default.namespace == 0x46555443
+    assert len({default.namespace, a.namespace, b.namespace}) == 3
+    assert a.namespace == Settings.load(environ={"FUTURECALLS_SCHEMA": "a"}).namespace
+    given = Settings.load(environ={"FUTURECALLS_SCHEMA": "a", "FUTURECALLS_LOCK_NAMESPACE": "0x10"})
+    assert given.namespace == 16

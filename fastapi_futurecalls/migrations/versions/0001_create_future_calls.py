@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from fastapi_futurecalls.migrations import in_schema
+
 revision: str = "futurecalls_0001"
 down_revision: str | None = None
 branch_labels: tuple[str, ...] | None = ("futurecalls",)
@@ -47,10 +49,12 @@ UPGRADE = [
 
 
 def upgrade() -> None:
-    for statement in UPGRADE:
-        op.execute(statement)
+    with in_schema():
+        for statement in UPGRADE:
+            op.execute(statement)
 
 
 def downgrade() -> None:
-    op.execute("DROP TABLE future_calls")
-    op.execute("DROP SEQUENCE future_calls_worker_seq")
+    with in_schema():
+        op.execute("DROP TABLE future_calls")
+        op.execute("DROP SEQUENCE future_calls_worker_seq")

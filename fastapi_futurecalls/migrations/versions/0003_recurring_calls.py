@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from fastapi_futurecalls.migrations import in_schema
+
 revision: str = "futurecalls_0003"
 down_revision: str | None = "futurecalls_0002"
 branch_labels: tuple[str, ...] | None = None
@@ -34,20 +36,23 @@ UPGRADE = [
 
 
 def upgrade() -> None:
-    for statement in UPGRADE:
-        op.execute(statement)
+    with in_schema():
+        for statement in UPGRADE:
+            op.execute(statement)
 
 
 def downgrade() -> None:
-    op.execute(f"DELETE FROM future_calls WHERE {CHAIN}")
-    op.execute("DROP INDEX future_calls_chain_identifier_key")
-    op.execute("DROP INDEX future_calls_chain_due_idx")
-    op.execute("DROP INDEX future_calls_due_idx")
-    op.execute(
-        "CREATE INDEX future_calls_due_idx ON future_calls (due_at, id) WHERE state = 'scheduled'"
-    )
-    op.execute(
-        "ALTER TABLE future_calls DROP CONSTRAINT future_calls_one_recurrence,"
-        " DROP CONSTRAINT future_calls_chain_is_pending,"
-        " DROP COLUMN cron, DROP COLUMN every, DROP COLUMN timezone"
-    )
+    with in_schema():
+        op.execute(f"DELETE FROM future_calls WHERE {CHAIN}")
+        op.execute("DROP INDEX future_calls_chain_identifier_key")
+        op.execute("DROP INDEX future_calls_chain_due_idx")
+        op.execute("DROP INDEX future_calls_due_idx")
+        op.execute(
+            "CREATE INDEX future_calls_due_idx ON future_calls (due_at, id)"
+            " WHERE state = 'scheduled'"
+        )
+        op.execute(
+            "ALTER TABLE future_calls DROP CONSTRAINT future_calls_one_recurrence,"
+            " DROP CONSTRAINT future_calls_chain_is_pending,"
+            " DROP COLUMN cron, DROP COLUMN every, DROP COLUMN timezone"
+        )
