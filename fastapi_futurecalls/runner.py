@@ -120,5 +120,6 @@ async def run_call(
             extra=_log_extra(call),
         )
         return unsuccessful(call, describe(exc))
-    logger.debug("future call %r (id %d) done", call.name, call.id, extra=_log_extra(call))
+    if logger.isEnabledFor(logging.DEBUG):  # spares building the extra dict per call
+        logger.debug("future call %r (id %d) done", call.name, call.id, extra=_log_extra(call))
     return Outcome(call)
