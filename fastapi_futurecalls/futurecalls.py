@@ -77,6 +77,7 @@ class FutureCalls:
         )
         self._registry = Registry()
         self._store: Store | None = None
+        self._session: Session | None = None  # stateless: one serves every endpoint and call
         self._dispatcher: Dispatcher | None = None
 
     def configure(self, **overrides: Any) -> None:
@@ -104,12 +105,12 @@ class FutureCalls:
 
     def session(self) -> Session:
         """A :class:`Session`; use as ``Depends(futurecalls.session)``."""
-        if self._store is None:
+        if self._session is None:
             raise ConfigurationError(
                 "FutureCalls is not started: use FastAPI(lifespan=futurecalls.lifespan), "
                 "futurecalls.include(app), or `async with futurecalls:`"
             )
-        return Session(self._store, self._registry, self.settings)
+        return self._session
 
     async def start(self) -> None:
         """Connect, check the schema and, if execution is enabled, start dispatching."""
@@ -118,6 +119,7 @@ class FutureCalls:
         if not self.settings.dsn:
             raise ConfigurationError("no database: pass FutureCalls(dsn=...) or set DATABASE_URL")
         self._store = await Store.open(self.settings)
+        self._session = Session(self._store, self._registry, self.settings)
         if self.settings.execution_enabled:
             dispatcher = Dispatcher(self.settings, self._registry, self.session)
             try:
@@ -156,6 +158,7 @@ class FutureCalls:
 
     async def _close_store(self) -> None:
         store, self._store = self._store, None
+        self._session = None
         if store is not None:
             await store.close()
 
