@@ -7,10 +7,14 @@ from functools import cache
 from importlib.resources import files
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", re.MULTILINE | re.DOTALL)
-# The library's objects as queries.sql names them: the table and the worker sequence.
-_OBJECT = re.compile(r"\bfuture_calls(?:_worker_seq)?\b")
+# How queries.sql names the library's objects: the table and the worker sequence, bare
+# or in a string literal, and the NOTIFY channel.
+_NAMES = re.compile(
+    r"(?P<channel>pg_notify\('future_calls')"
+    r"|'(?P<literal>future_calls(?:_worker_seq)?)'"
+    r"|\bfuture_calls(?:_worker_seq)?\b"
+)
 TABLE = "future_calls"
-SEQUENCE = "future_calls_worker_seq"
 
 
 def _load() -> dict[str, str]:
@@ -45,23 +49,15 @@ def qualified(name: str, schema: str | None) -> str:
 def queries_for(schema: str | None) -> dict[str, str]:
     """Every statement, naming the table and sequence in ``schema`` (quoted; None: found
     through the connection's search_path, unqualified) and notifying its channel."""
-    literals = {  # rendered after the identifiers, so that those never touch them
-        f"'{SEQUENCE}'": quote_literal(qualified(SEQUENCE, schema)),
-        f"'{TABLE}'": quote_literal(qualified(TABLE, schema)),
-        f"pg_notify('{TABLE}'": f"pg_notify({quote_literal(channel(schema))}",
-    }
-    rendered = {}
-    for name, sql in QUERIES.items():
-        held: list[str] = []
-        for literal, replacement in sorted(literals.items(), key=lambda item: -len(item[0])):
-            if literal in sql:
-                sql = sql.replace(literal, f"\x00{len(held)}\x00")
-                held.append(replacement)
-        sql = _OBJECT.sub(lambda match: qualified(match.group(), schema), sql)
-        for index, replacement in enumerate(held):
-            sql = sql.replace(f"\x00{index}\x00", replacement)
-        rendered[name] = sql
-    return rendered
+
+    def render(match: re.Match[str]) -> str:
+        if match["channel"]:
+            return f"pg_notify({quote_literal(channel(schema))}"
+        if match["literal"]:  # to_regclass('future_calls'), nextval('future_calls_worker_seq')
+            return quote_literal(qualified(match["literal"], schema))
+        return qualified(match[0], schema)
+
+    return {name: _NAMES.sub(render, sql) for name, sql in QUERIES.items()}
 
 
 QUERIES: dict[str, str] = _load()

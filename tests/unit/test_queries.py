@@ -1,0 +1,31 @@
+"""queries.sql rendered for a schema: every reference to the library's objects is
+qualified with the quoted schema name, and notifications go to the schema's channel."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi_futurecalls.sql import QUERIES, channel, queries_for
+
+
+def test_without_a_schema_the_statements_are_as_written() -> None:
+    assert queries_for(None) == QUERIES
+    assert channel(None) == "future_calls"
+
+
+def test_every_statement_names_the_schema_s_objects() -> None:
+    schema = 'a "b"; c'
+    prefix = '"a ""b""; c".'
+    rendered = queries_for(schema)
+    assert rendered.keys() == QUERIES.keys()
+    for name, sql in rendered.items():
+        for match in re.finditer(r"future_calls(?:_worker_seq)?\b", sql):
+            before = sql[: match.start()]
+            assert before.endswith((prefix, "pg_notify('")), (name, sql)
+        if "pg_notify(" in sql:
+            assert "pg_notify('future_calls.a \"b\"; c'" in sql, name
+
+
+def test_a_quote_in_the_schema_name_is_doubled_inside_literals() -> None:
+    sql = queries_for("it's")["check_schema"]
+    assert "to_regclass('\"it''s\".future_calls')" in sql
