@@ -28,7 +28,7 @@ from .store import (
     CONNECTION_ERRORS,
     POOLER_HINT,
     POOLER_SYMPTOMS,
-    backend_pid_of_another_connection,
+    Store,
     connect,
     first_line,
 )
@@ -52,8 +52,15 @@ RECOVERABLE: tuple[type[BaseException], ...] = (
 class Dispatcher:
     """Claims due calls and runs at most ``concurrency_limit`` of them at once."""
 
-    def __init__(self, settings: Settings, registry: Registry, session: Callable[[], Session]):
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        session: Callable[[], Session],
+        store: Store,
+    ) -> None:
         self._settings = settings
+        self._store = store
         self._queries = queries_for(settings.schema)
         self._channel = channel(settings.schema)
         self._registry = registry
@@ -366,9 +373,10 @@ class Dispatcher:
         conn = await connect(self._settings)
         try:
             # A transaction pooler hands a session that is idle between statements to the
-            # next client that asks: refuse before taking a lock it would strand there.
+            # next client that asks (here: the scheduling pool's next statement): refuse
+            # before taking a lock it would strand there.
             pid = await conn.fetchval(self._queries["backend_pid"])
-            if await backend_pid_of_another_connection(self._settings) == pid:
+            if await self._store.backend_pid() == pid:
                 raise ConfigurationError(f"{NOT_SESSION_PINNED}: {POOLER_HINT}")
             namespace = self._settings.namespace
             relocked, pid = False, 0

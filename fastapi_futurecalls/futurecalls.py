@@ -121,7 +121,7 @@ class FutureCalls:
         self._store = await Store.open(self.settings)
         self._session = Session(self._store, self._registry, self.settings)
         if self.settings.execution_enabled:
-            dispatcher = Dispatcher(self.settings, self._registry, self.session)
+            dispatcher = Dispatcher(self.settings, self._registry, self.session, self._store)
             try:
                 await dispatcher.start()
             except BaseException:
@@ -145,10 +145,11 @@ class FutureCalls:
         how they ended: for serverless deployments (``fastapi-futurecalls run-due``) and
         tests (``fastapi_futurecalls.testing``). Needs a started FutureCalls."""
         self.session()  # raises if not started
+        assert self._store is not None
         settings = self.settings
         if concurrency is not None:
             settings = dataclasses.replace(settings, concurrency_limit=concurrency)
-        dispatcher = Dispatcher(settings, self._registry, self.session)
+        dispatcher = Dispatcher(settings, self._registry, self.session, self._store)
         outcomes = await dispatcher.run_due(within)
         return DueRun(
             completed=sum(o.state == "done" for o in outcomes),

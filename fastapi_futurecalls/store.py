@@ -89,20 +89,6 @@ async def connect(settings: Settings) -> asyncpg.Connection:
             return conn
 
 
-async def backend_pid_of_another_connection(settings: Settings) -> int:
-    """The server process that a second, short-lived client connection is served by."""
-    with database_errors("connecting"):
-        async with asyncio.timeout(settings.connect_timeout):
-            probe = await asyncpg.connect(
-                settings.dsn, timeout=settings.connect_timeout, statement_cache_size=0
-            )
-            try:
-                pid: int = await probe.fetchval("SELECT pg_backend_pid()")
-            finally:
-                probe.terminate()
-            return pid
-
-
 class Store:
     """Runs the scheduling, cancelling and inspection statements, on the pool or on a
     connection the caller passes (inside the caller's transaction)."""
@@ -136,6 +122,12 @@ class Store:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def backend_pid(self) -> int:
+        """The server process that serves one of the pool's connections right now."""
+        with database_errors("checking the connection"):
+            pid: int = await self._pool.fetchval(self._queries["backend_pid"])
+        return pid
 
     async def check_schema(self) -> None:
         with database_errors("checking the schema"):
