@@ -144,8 +144,20 @@ class Store:
     async def _transaction(self, conn: Executor | None) -> AsyncIterator[Executor]:
         """A transaction on ``conn`` (a savepoint inside the caller's), or on the pool."""
         if conn is not None:
-            async with conn.transaction():
+            savepoint = conn.transaction()
+            try:
+                await savepoint.start()
+            except asyncpg.InterfaceError as exc:  # a transaction begun with a bare BEGIN
+                raise ConfigurationError(
+                    f"connection=: {exc}; begin the caller's transaction with "
+                    "`async with conn.transaction():`"
+                ) from exc
+            try:
                 yield conn
+            except BaseException:
+                await savepoint.rollback()
+                raise
+            await savepoint.commit()
             return
         async with self._pool.acquire() as pooled, pooled.transaction():
             yield pooled
