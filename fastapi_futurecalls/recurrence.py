@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from cronsim import CronSim, CronSimError
+from cronsim import CronSim
 
 from .errors import InvalidScheduleError
+
+# Due times must read back as Python datetimes, in UTC, from anywhere in the world.
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+# Each slot of a chain becomes a call of its own: a shorter interval would flood the
+# table and keep the dispatcher materialising.
+MIN_EVERY = timedelta(milliseconds=100)
 
 
 @dataclass(frozen=True, slots=True)
 class Recurrence:
-    """Exactly one of ``cron`` (5 fields, evaluated in ``timezone``) and ``every``."""
+    """Exactly one of ``cron`` (5 fields, evaluated in ``timezone``) and ``every`` (at
+    least :data:`MIN_EVERY`).
+
+    The constructor, :meth:`first` and :meth:`next` raise :class:`InvalidScheduleError`
+    and nothing else, whatever they are given (a row edited by hand, a timezone this
+    image lacks, a slot past :data:`LATEST`): one ``except`` parks a bad chain.
+    """
 
     cron: str | None = None
     every: timedelta | None = None
@@ -23,10 +36,7 @@ class Recurrence:
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every is None):
             raise InvalidScheduleError("give exactly one of cron and every")
-        try:
-            zone = ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise InvalidScheduleError(f"unknown timezone {self.timezone!r}") from None
+        self._zone()
         if self.cron is not None:
             if not isinstance(self.cron, str) or len(self.cron.split()) != 5:
                 raise InvalidScheduleError(
@@ -34,28 +44,59 @@ class Recurrence:
                     "minute hour day-of-month month day-of-week"
                 )
             try:
-                CronSim(self.cron, datetime.now(zone))
-            except CronSimError as exc:
+                CronSim(self.cron, datetime.now(UTC))
+            except Exception as exc:  # CronSimError, and whatever else cronsim raises
                 raise InvalidScheduleError(f"bad cron expression {self.cron!r}: {exc}") from None
-        elif not isinstance(self.every, timedelta) or self.every <= timedelta(0):
-            raise InvalidScheduleError(f"every must be a positive timedelta, got {self.every!r}")
+        elif not isinstance(self.every, timedelta) or self.every < MIN_EVERY:
+            raise InvalidScheduleError(
+                f"every must be a timedelta of at least {MIN_EVERY.total_seconds()} s, "
+                f"got {self.every!r}"
+            )
 
     def first(self, start: datetime | None, now: datetime) -> datetime:
         """The first occurrence: ``start`` itself for an interval (default: one interval
-        from now), the first cron match at or after ``start`` (default: now)."""
+        from now), the first cron match at or after ``start`` (default: now). The
+        occurrence after it must be computable too, or the chain is refused now rather
+        than parked later."""
         if self.every is not None:
-            return start if start is not None else now + self.every
-        return self._cron_after((start or now) - timedelta(microseconds=1))
+            every = self.every
+            first = self._guard(lambda: start if start is not None else now + every)
+        else:
+            first = self._cron_after((start or now) - timedelta(microseconds=1))
+        self.next(first, max(first, now))
+        return first
 
     def next(self, due: datetime, now: datetime) -> datetime:
         """The occurrence after the one due at ``due``, and after ``now``: slots missed
-        while nothing ran are skipped, so a late chain runs once, then keeps its rhythm."""
+        while nothing ran are skipped, so a late chain runs once, then keeps its rhythm.
+        Raises only :class:`InvalidScheduleError`, e.g. when that occurrence would fall
+        after :data:`LATEST`."""
         if self.every is not None:
-            steps = max(1, math.floor((now - due) / self.every) + 1)
-            return due + steps * self.every
+            every = self.every
+            return self._guard(lambda: due + max(1, (now - due) // every + 1) * every)
         return self._cron_after(max(due, now))
 
     def _cron_after(self, moment: datetime) -> datetime:
-        assert self.cron is not None
-        local = moment.astimezone(ZoneInfo(self.timezone))
-        return next(CronSim(self.cron, local)).astimezone(UTC)
+        cron, zone = str(self.cron), self._zone()
+        return self._guard(lambda: next(CronSim(cron, moment.astimezone(zone))).astimezone(UTC))
+
+    def _zone(self) -> ZoneInfo:
+        try:
+            return ZoneInfo(self.timezone)
+        except Exception:  # ZoneInfoNotFoundError, ValueError, TypeError, OSError, ...
+            raise InvalidScheduleError(f"unknown timezone {self.timezone!r}") from None
+
+    def _guard(self, compute: Callable[[], datetime]) -> datetime:
+        """``compute()``, a slot no later than LATEST, or InvalidScheduleError naming the
+        schedule; cronsim and datetime arithmetic raise many kinds of errors."""
+        what = (
+            f"cron expression {self.cron!r}" if self.cron is not None else f"every={self.every!r}"
+        )
+        try:
+            slot = compute()
+            late = slot > LATEST
+        except Exception as exc:
+            raise InvalidScheduleError(f"{what}: no next occurrence ({exc})") from None
+        if late:
+            raise InvalidScheduleError(f"{what}: the next occurrence falls after {LATEST:%Y-%m-%d}")
+        return slot

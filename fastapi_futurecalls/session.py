@@ -13,7 +13,7 @@ from .calls import DECODE_ERRORS, Registry, validate_name
 from .connections import Executor, driver_connection
 from .errors import InvalidScheduleError
 from .records import CALL_STATES, FutureCallRecord
-from .recurrence import Recurrence
+from .recurrence import EARLIEST, LATEST, Recurrence
 from .settings import Settings
 from .store import Store
 
@@ -250,9 +250,6 @@ async def _executor(connection: object) -> Executor | None:
     return None if connection is None else await driver_connection(connection)
 
 
-# Due times must read back as Python datetimes, in UTC, from anywhere in the world.
-EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
-LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 SAFE_DELAY = timedelta(days=365 * 7000)  # shorter delays cannot pass LATEST before 2999
 
 

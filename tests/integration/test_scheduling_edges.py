@@ -4,7 +4,7 @@ recurring schedules refused before anything is stored."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fastapi_futurecalls import ConfigurationError, FutureCalls
+from fastapi_futurecalls import ConfigurationError, FutureCalls, InvalidScheduleError
 from fastapi_futurecalls.migrations import sqlalchemy_url
 from tests.support import Item, Recorder
 
@@ -210,4 +210,24 @@ async def test_asyncpg_transaction_begun_by_hand_is_refused_for_schedule_once(
         await conn.execute("ROLLBACK")
     finally:
         await conn.close()
+    assert await stored(db) == []
+
+
+@pytest.mark.parametrize(
+    ("schedule", "match"),
+    [
+        ({"every": timedelta(days=3_000_000)}, "every"),
+        ({"every": timedelta(days=3_000_000), "start": datetime.now(UTC)}, "every"),
+        ({"every": timedelta(microseconds=10)}, "every"),
+        ({"cron": "0 0 29 2 *", "start": datetime(9999, 3, 1, tzinfo=UTC)}, "cron"),
+        ({"cron": "0 * * * *", "timezone": "Mars/Olympus_Mons"}, "timezone"),
+    ],
+)
+async def test_recurring_schedules_that_would_poison_the_chain_are_refused(
+    scheduler: FutureCalls, db, schedule, match
+):
+    with pytest.raises(InvalidScheduleError, match=match):
+        await scheduler.session().future_call_recurring(
+            "record", None, identifier="poison", **schedule
+        )
     assert await stored(db) == []
