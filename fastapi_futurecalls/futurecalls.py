@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .calls import FutureCall, Registry
 from .dispatcher import Dispatcher
 from .errors import ConfigurationError
-from .session import Session
+from .session import Session, awaitable
 from .settings import Settings
 from .store import Store
 
@@ -103,8 +103,11 @@ class FutureCalls:
         """This process's worker number while it dispatches (see docs/design.md)."""
         return self._dispatcher.worker_id if self._dispatcher else None
 
+    @awaitable
     def session(self) -> Session:
-        """A :class:`Session`; use as ``Depends(futurecalls.session)``."""
+        """A :class:`Session`; use as ``Depends(futurecalls.session)``, which FastAPI
+        resolves on the event loop, with no threadpool hop (``session`` is marked as a
+        coroutine function, and a Session awaits to itself)."""
         if self._session is None:
             raise ConfigurationError(
                 "FutureCalls is not started: use FastAPI(lifespan=futurecalls.lifespan), "

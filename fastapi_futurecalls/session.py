@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import inspect
+import sys
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel
 
@@ -44,6 +47,12 @@ class Session:
         self._store = store
         self._registry = registry
         self._settings = settings
+
+    def __await__(self) -> Generator[Any, None, Session]:
+        """Awaiting a Session gives the Session itself, at once: this is what lets FastAPI
+        await ``Depends(futurecalls.session)`` on the event loop (see :func:`awaitable`)."""
+        yield from ()
+        return self
 
     async def future_call_with_delay(
         self,
@@ -244,6 +253,20 @@ class Session:
             except DECODE_ERRORS:
                 payload = None
         return FutureCallRecord.from_row(row, payload)
+
+
+GetSession = TypeVar("GetSession", bound=Callable[..., Session])
+
+
+def awaitable(get_session: GetSession) -> GetSession:
+    """Mark ``get_session``, a plain function returning a :class:`Session`, as a coroutine
+    function. FastAPI then awaits its result (a Session awaits to itself) on the event loop
+    instead of calling it in a worker thread on every request, while a direct call still
+    returns the Session. Python 3.12 has a public marker; FastAPI on 3.11 reads asyncio's."""
+    if sys.version_info >= (3, 12):
+        return inspect.markcoroutinefunction(get_session)
+    vars(get_session)["_is_coroutine"] = vars(asyncio.coroutines)["_is_coroutine"]
+    return get_session
 
 
 async def _executor(connection: object) -> Executor | None:
