@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import asyncpg
 import pytest
 
 from tests.conftest import ROOT, with_database
+from tests.replica import ReplicaPair
+from tests.tcpproxy import TcpProxy
 
 
 @dataclass
@@ -73,3 +75,79 @@ def fault_dsn(cluster: Cluster) -> Iterator[str]:
     yield dsn
     cluster.start()
     asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def migrate(dsn: str) -> None:
+    """alembic upgrade head on ``dsn``."""
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": dsn},
+        check=True,
+        capture_output=True,
+    )
+
+
+@dataclass
+class Replicated:
+    """A migrated database on a primary with a streaming standby (tests/replica.py).
+
+    ``dsn`` names both hosts (target_session_attrs=read-write): it follows a promotion.
+    ``primary_dsn`` and ``standby_dsn`` name one host each, for looking and for the app's
+    SQLAlchemy engine (SQLAlchemy's URL parser rejects the multi-host form)."""
+
+    pair: ReplicaPair
+    database: str
+    dsn: str
+
+    @property
+    def primary_dsn(self) -> str:
+        return self.pair.primary.dsn(self.database)
+
+    @property
+    def standby_dsn(self) -> str:
+        return self.pair.standby.dsn(self.database)
+
+    @property
+    def writable_dsn(self) -> str:
+        """The single-host DSN of whichever node takes writes now."""
+        return self.standby_dsn if self.pair.promoted else self.primary_dsn
+
+
+@pytest.fixture
+def replica_pair() -> Iterator[Replicated]:
+    """A fresh primary + streaming standby for this test alone, with a migrated database
+    replicated to the standby; both are stopped and deleted afterwards."""
+    pair = ReplicaPair.create()
+    try:
+        name = f"replica_{uuid.uuid4().hex[:12]}"
+
+        async def create() -> None:
+            conn = await asyncpg.connect(pair.primary.dsn())
+            try:
+                await conn.execute(f"CREATE DATABASE {name}")
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        migrate(pair.primary.dsn(name))
+        pair.wait_caught_up()
+        yield Replicated(pair, name, pair.dsn_multi_host(name))
+    finally:
+        pair.destroy()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[int], TcpProxy]]:
+    """tcp_proxy(port) puts a tests/tcpproxy.py proxy in front of 127.0.0.1:port; every
+    proxy is closed at the end of the test."""
+    proxies: list[TcpProxy] = []
+
+    def make(port: int) -> TcpProxy:
+        proxy = TcpProxy(port)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
