@@ -176,13 +176,18 @@ class Session:
             raise InvalidScheduleError(
                 f"state must be one of {', '.join(sorted(CALL_STATES))}, got {state!r}"
             )
-        if not isinstance(limit, int) or limit < 1:
-            raise InvalidScheduleError(f"limit must be a positive int, got {limit!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_INT:
+            raise InvalidScheduleError(f"limit must be a positive int, got {limit!r:.60}")
+        if identifier is not None:
+            validate_name(identifier, "identifier")
+        if name is not None:
+            validate_name(name)
         rows = await self._store.list(identifier, name, state, limit)
         return [self._record(row) for row in rows]
 
     async def get_future_call(self, call_id: int) -> FutureCallRecord | None:
         """The stored call with this id, or None (completed calls are not kept)."""
+        _check_call_id(call_id)
         row = await self._store.get(call_id)
         return None if row is None else self._record(row)
 
@@ -192,6 +197,7 @@ class Session:
         """Put a parked (``failed`` or ``interrupted``) call back in line, due at ``when``
         or after ``delay`` (default: now), with a fresh attempt budget. Returns False if
         no parked call has this id."""
+        _check_call_id(call_id)
         if when is not None and delay is not None:
             raise InvalidScheduleError("give when or delay, not both")
         if delay is not None:
@@ -201,6 +207,7 @@ class Session:
 
     async def delete_future_call(self, call_id: int) -> bool:
         """Remove a call that is not running (pending or parked); False if there is none."""
+        _check_call_id(call_id)
         return await self._store.delete(call_id)
 
     async def _schedule(
@@ -274,6 +281,16 @@ async def _executor(connection: object) -> Executor | None:
 
 
 SAFE_DELAY = timedelta(days=365 * 7000)  # shorter delays cannot pass LATEST before 2999
+
+
+MAX_INT = 2**63 - 1  # ids are bigint; so is LIMIT
+
+
+def _check_call_id(call_id: object) -> None:
+    if not isinstance(call_id, int) or isinstance(call_id, bool) or abs(call_id) > MAX_INT:
+        raise InvalidScheduleError(
+            f"call_id must be an int, a stored call's id, got {call_id!r:.60}"
+        )
 
 
 def _check_delay(delay: object) -> None:

@@ -30,6 +30,16 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
 )
 
+# Errors that CONNECTION_ERRORS would catch (asyncpg reports "connection is closed" as a
+# bare InterfaceError) but that say nothing about the connection: check them first.
+CLIENT_CONFIGURATION_ERRORS: tuple[type[BaseException], ...] = (asyncpg.ClientConfigurationError,)
+CLIENT_ERRORS: tuple[type[BaseException], ...] = (
+    *CLIENT_CONFIGURATION_ERRORS,
+    asyncpg.UnsupportedClientFeatureError,
+    asyncpg.UnsupportedServerFeatureError,
+    asyncpg.OutdatedSchemaCacheError,
+)
+
 # What a transaction-pooling proxy does to asyncpg's named prepared statements: they stay
 # on a server session after their client moved on, or are missing on the next one.
 POOLER_SYMPTOMS: tuple[type[BaseException], ...] = (
@@ -50,7 +60,10 @@ def first_line(exc: BaseException) -> str:
 
 @contextmanager
 def database_errors(action: str) -> Iterator[None]:
-    """Re-raise asyncpg and socket errors met while doing ``action`` as library errors."""
+    """Re-raise asyncpg and socket errors met while doing ``action`` as library errors:
+    only a connection that cannot be made or was lost is :class:`DatabaseUnavailableError`;
+    a value the server or the driver refuses (asyncpg's ``DataError``, SQLSTATE class 22)
+    is a :class:`DatabaseError`, a bad client option a :class:`ConfigurationError`."""
     try:
         yield
     except asyncpg.UndefinedTableError as exc:
@@ -59,6 +72,10 @@ def database_errors(action: str) -> Iterator[None]:
         ) from exc
     except POOLER_SYMPTOMS as exc:
         raise ConfigurationError(f"{action}: {first_line(exc)}: {POOLER_HINT}") from exc
+    except CLIENT_CONFIGURATION_ERRORS as exc:
+        raise ConfigurationError(f"{action}: {exc}") from exc
+    except CLIENT_ERRORS as exc:
+        raise DatabaseError(f"{action} failed: {exc}") from exc
     except CONNECTION_ERRORS as exc:
         raise DatabaseUnavailableError(f"{action}: database unavailable: {exc!r}") from exc
     except asyncpg.PostgresError as exc:
