@@ -5,6 +5,8 @@
         proxy.freeze()    # every existing connection goes silent, none is closed
         proxy.thaw()      # forward again (a frozen stream has lost bytes: it is broken)
         proxy.drop_all()  # reset (RST) every connection
+        proxy.hold()      # new connections wait (a network hiccup), existing ones flow
+        proxy.release()   # the waiting connections go through
 
 ``freeze()`` is a half-open connection as a NAT or load-balancer reset leaves it: the old
 flow is dead but nothing tells either end. Bytes that either side sends on a frozen
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 
 HOST = "127.0.0.1"
 CHUNK = 65536
+HOLD_LIMIT = 60.0  # seconds a held connection waits before it is reset
 
 
 @dataclass(eq=False)
@@ -44,6 +47,7 @@ class TcpProxy:
         self.max_connections = max_connections
         self._flows: set[_Flow] = set()
         self._accepted = 0
+        self._open: asyncio.Event | None = None  # cleared while new connections are held
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         ready = threading.Event()
@@ -71,6 +75,15 @@ class TcpProxy:
     def drop_all(self) -> int:
         """Reset every connection (RST to both ends); returns how many."""
         return self._call(self._drop_all)
+
+    def hold(self) -> None:
+        """New connections are accepted but wait (at most HOLD_LIMIT seconds) before they
+        reach the server, as through a network hiccup; existing ones keep flowing."""
+        self._call(self._open_event().clear)
+
+    def release(self) -> None:
+        """Let the held connections, and new ones, through."""
+        self._call(self._open_event().set)
 
     @property
     def connections(self) -> int:
@@ -115,10 +128,21 @@ class TcpProxy:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
+    def _open_event(self) -> asyncio.Event:
+        if self._open is None:
+            self._open = asyncio.Event()
+            self._open.set()
+        return self._open
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._accepted += 1
         if len(self._flows) >= self.max_connections:
             writer.close()
+            return
+        try:
+            await asyncio.wait_for(self._open_event().wait(), HOLD_LIMIT)
+        except TimeoutError:
+            _reset(writer)
             return
         try:
             up_reader, up_writer = await asyncio.wait_for(
