@@ -17,7 +17,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from .errors import ConfigurationError, DatabaseError
+from .errors import ConfigurationError, DatabaseError, InvalidScheduleError
 from .futurecalls import FutureCalls
 from .records import FutureCallRecord
 
@@ -52,8 +52,12 @@ def load(target: str) -> FutureCalls:
 
 
 def run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work``; a value the library refuses is bad usage (exit 2, like a bad option),
+    an unreachable or misconfigured database exit 3, each a message without a traceback."""
     try:
         return asyncio.run(work())  # type: ignore[arg-type]
+    except InvalidScheduleError as exc:
+        raise typer.BadParameter(str(exc)) from None
     except (DatabaseError, ConfigurationError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_UNAVAILABLE) from None
