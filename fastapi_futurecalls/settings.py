@@ -76,6 +76,31 @@ class Settings:
             return DEFAULT_LOCK_NAMESPACE
         return zlib.crc32(f"futurecalls schema {self.schema}".encode()) % (0x7FFFFFFF - 1)
 
+    def __repr__(self) -> str:
+        """The dataclass repr with the DSN's password masked (user, hosts, database and
+        options stay visible): settings end up in logs and tracebacks."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        dsn = self.dsn
+        if dsn is not None:
+            try:
+                parts = urlsplit(dsn)
+                if not parts.netloc:
+                    raise ValueError("not a URL: nothing to tell the password from")
+                userinfo, at, hosts = parts.netloc.rpartition("@")
+                if at and ":" in userinfo:
+                    parts = parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hosts}")
+                query = "&".join(
+                    "password=***" if option.startswith("password=") else option
+                    for option in parts.query.split("&")
+                )
+                dsn = urlunsplit(parts._replace(query=query))
+            except ValueError:
+                dsn = "***"
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
+        values["dsn"] = dsn
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in values.items())})"
+
     @classmethod
     def load(
         cls, overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
