@@ -60,7 +60,9 @@ class FutureCall(Generic[ModelT]):
         raise NotImplementedError(f"{type(self).__name__} must override invoke()")
 
     def encode(self, data: object) -> str | None:
-        """The JSON stored for ``data``; raises :class:`InvalidPayloadError` for a wrong type."""
+        """The JSON stored for ``data``; raises :class:`InvalidPayloadError` for a wrong type
+        or data that cannot be serialized (a lone surrogate in a str, a serializer that
+        raises), :class:`InvalidScheduleError` for data that does not survive the trip."""
         if data is None:
             return None
         if self.model is None or not isinstance(data, self.model):
@@ -68,7 +70,13 @@ class FutureCall(Generic[ModelT]):
             raise InvalidPayloadError(
                 f"{type(self).__name__} takes {expected} as data, got {type(data).__name__}"
             )
-        payload = data.model_dump_json()
+        try:
+            payload = data.model_dump_json()
+        except Exception as exc:  # PydanticSerializationError, or a custom serializer's own
+            raise InvalidPayloadError(
+                f"{type(data).__name__} cannot be serialized to JSON for "
+                f"{type(self).__name__}: {exc}"
+            ) from exc
         try:
             equal = self.model.model_validate_json(payload) == data
         except DECODE_ERRORS:
@@ -98,6 +106,12 @@ def validate_name(name: object, what: str = "name") -> str:
         raise InvalidScheduleError(f"{what} must be 1 to {limit} characters, got {len(name)}")
     if "\x00" in name:
         raise InvalidScheduleError(f"{what} must not contain NUL characters")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise InvalidScheduleError(
+            f"{what} must be valid UTF-8 text (no lone surrogates)"
+        ) from None
     return name
 
 

@@ -4,7 +4,7 @@ FutureCallError
 ├── ConfigurationError            bad settings, FutureCalls used before it started
 ├── RegistrationError             a name registered twice, or not valid as a name
 ├── NotRegisteredError            scheduling a name nobody registered   (also LookupError)
-├── InvalidPayloadError           data is not the call's model          (also TypeError)
+├── InvalidPayloadError           data: not the call's model, not JSON  (also TypeError)
 ├── InvalidScheduleError          negative delay, bad identifier, ...   (also ValueError)
 └── DatabaseError                 the database refused or failed a statement
     ├── DatabaseUnavailableError  the database cannot be reached (in time)
@@ -31,7 +31,8 @@ class NotRegisteredError(FutureCallError, LookupError):
 
 
 class InvalidPayloadError(FutureCallError, TypeError):
-    """The data passed when scheduling is not an instance of the call's model."""
+    """The data passed when scheduling is not an instance of the call's model, or cannot
+    be serialized to JSON."""
 
 
 class InvalidScheduleError(FutureCallError, ValueError):

@@ -13,7 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fastapi_futurecalls import ConfigurationError, FutureCalls, InvalidScheduleError
+from fastapi_futurecalls import (
+    ConfigurationError,
+    FutureCalls,
+    InvalidPayloadError,
+    InvalidScheduleError,
+)
 from fastapi_futurecalls.migrations import sqlalchemy_url
 from tests.support import Item, Recorder
 
@@ -230,4 +235,15 @@ async def test_recurring_schedules_that_would_poison_the_chain_are_refused(
         await scheduler.session().future_call_recurring(
             "record", None, identifier="poison", **schedule
         )
+    assert await stored(db) == []
+
+
+async def test_lone_surrogates_are_library_errors_and_store_nothing(scheduler: FutureCalls, db):
+    session = scheduler.session()
+    with pytest.raises(InvalidPayloadError):
+        await session.future_call_with_delay("record", Item(n=1, label="\ud800"), timedelta(0))
+    with pytest.raises(InvalidScheduleError, match="identifier"):
+        await session.future_call_with_delay("record", None, timedelta(0), "user-\udc00")
+    with pytest.raises(InvalidScheduleError, match="identifier"):
+        await session.cancel_future_call("user-\udc00")
     assert await stored(db) == []
