@@ -18,7 +18,7 @@ from .errors import InvalidScheduleError
 from .records import CALL_STATES, FutureCallRecord
 from .recurrence import EARLIEST, LATEST, Recurrence
 from .settings import Settings
-from .store import Store
+from .store import CallRow, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,20 +141,9 @@ class Session:
         validate_name(identifier, "identifier")
         recurrence = Recurrence(cron, every, timezone)
         first = recurrence.first(_aware(start) if start is not None else None, datetime.now(UTC))
-        name, payload, identifier, _, _, attempts, backoff = self._row(
-            name, data, identifier, (first, None)
-        )
+        row = self._row(name, data, identifier, (first, None))
         return await self._store.schedule_recurring(
-            name,
-            payload,
-            identifier,
-            first,
-            attempts,
-            backoff,
-            cron,
-            every,
-            timezone,
-            conn=await _executor(connection),
+            row, recurrence, conn=await _executor(connection)
         )
 
     async def cancel_future_call(self, identifier: str, *, connection: object = None) -> int:
@@ -235,9 +224,9 @@ class Session:
         data: BaseModel | None,
         identifier: str | None,
         due: tuple[datetime | None, timedelta | None],
-    ) -> tuple[Any, ...]:
+    ) -> CallRow:
         """Validate everything before anything is stored: the row to store, or a clear
-        error. Row: (name, payload, identifier, at, delay, max_attempts, retry_backoff)."""
+        error."""
         validate_name(name)
         if identifier is not None:
             validate_name(identifier, "identifier")
@@ -249,7 +238,8 @@ class Session:
                 f"the payload of {name!r} is {size} bytes, over the "
                 f"limit of {self._settings.max_payload_bytes} (max_payload_bytes)"
             )
-        return (name, payload, identifier, *due, call.max_attempts, call.retry_backoff)
+        at, delay = due
+        return CallRow(name, payload, identifier, at, delay, call.max_attempts, call.retry_backoff)
 
     def _record(self, row: Any) -> FutureCallRecord:
         call = self._registry.find(row["name"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import asyncpg
 
@@ -17,6 +17,7 @@ from .errors import (
     DatabaseUnavailableError,
     SchemaMissingError,
 )
+from .recurrence import Recurrence
 from .settings import Settings
 from .sql import QUERIES, queries_for
 
@@ -80,6 +81,33 @@ def database_errors(action: str) -> Iterator[None]:
         raise DatabaseUnavailableError(f"{action}: database unavailable: {exc!r}") from exc
     except asyncpg.PostgresError as exc:
         raise DatabaseError(f"{action} failed: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class CallRow:
+    """One call to store, already validated by the Session. It falls due at ``at``, or
+    else ``delay`` after the database's ``now()`` (one of the two is set)."""
+
+    name: str
+    payload: str | None
+    identifier: str | None
+    at: datetime | None
+    delay: timedelta | None
+    max_attempts: int
+    retry_backoff: timedelta
+
+    def arguments(self) -> tuple[object, ...]:
+        """The parameters $1 to $7 of the schedule statement (and the columns of
+        schedule_many's arrays), in order."""
+        return (
+            self.name,
+            self.payload,
+            self.identifier,
+            self.at,
+            self.delay,
+            self.max_attempts,
+            self.retry_backoff,
+        )
 
 
 class _PoolConnection(asyncpg.Connection):
@@ -181,16 +209,18 @@ class Store:
 
     async def schedule(
         self,
-        row: tuple[Any, ...],
+        row: CallRow,
         *,
         if_exists: str = "add",
         conn: Executor | None = None,
     ) -> int:
-        """Row: (name, payload, identifier, at, delay, max_attempts, retry_backoff)."""
-        name, identifier = row[0], row[2]
-        with database_errors(f"scheduling {name!r}"):
+        """Store ``row``; with ``if_exists`` "skip" or "replace", race-free per identifier."""
+        arguments, identifier = row.arguments(), row.identifier
+        with database_errors(f"scheduling {row.name!r}"):
             if if_exists == "add":
-                return int(await (conn or self._pool).fetchval(self._queries["schedule"], *row))
+                return int(
+                    await (conn or self._pool).fetchval(self._queries["schedule"], *arguments)
+                )
             async with self._transaction(conn) as tx:
                 # Serialises schedule-once for this identifier until the transaction ends.
                 await tx.execute(
@@ -202,21 +232,33 @@ class Store:
                         return int(kept)
                 else:
                     await tx.execute(self._queries["cancel_one_offs"], identifier)
-                return int(await tx.fetchval(self._queries["schedule"], *row))
+                return int(await tx.fetchval(self._queries["schedule"], *arguments))
 
-    async def schedule_many(
-        self, rows: list[tuple[Any, ...]], conn: Executor | None = None
-    ) -> list[int]:
-        """Rows as for :meth:`schedule`, in one statement."""
-        columns = [list(column) for column in zip(*rows, strict=True)]
+    async def schedule_many(self, rows: list[CallRow], conn: Executor | None = None) -> list[int]:
+        """Store ``rows`` in one statement; their ids, in order."""
+        columns = [list(column) for column in zip(*(row.arguments() for row in rows), strict=True)]
         with database_errors(f"scheduling {len(rows)} calls"):
             ids = await (conn or self._pool).fetchval(self._queries["schedule_many"], *columns)
         return list(ids)
 
-    async def schedule_recurring(self, *args: Any, conn: Executor | None = None) -> int:
-        with database_errors(f"scheduling recurring {args[0]!r}"):
+    async def schedule_recurring(
+        self, row: CallRow, recurrence: Recurrence, conn: Executor | None = None
+    ) -> int:
+        """Create or update the chain of ``row.identifier``, first due at ``row.at``."""
+        with database_errors(f"scheduling recurring {row.name!r}"):
             return int(
-                await (conn or self._pool).fetchval(self._queries["schedule_recurring"], *args)
+                await (conn or self._pool).fetchval(
+                    self._queries["schedule_recurring"],
+                    row.name,
+                    row.payload,
+                    row.identifier,
+                    row.at,
+                    row.max_attempts,
+                    row.retry_backoff,
+                    recurrence.cron,
+                    recurrence.every,
+                    recurrence.timezone,
+                )
             )
 
     async def cancel(self, identifier: str, conn: Executor | None = None) -> int:
