@@ -3,7 +3,8 @@
 Calls append `started <n> <pid>` and `done <n> <pid>` lines to the file named by
 $FUTURECALLS_TEST_LOG (O_APPEND writes of one short line are atomic), so the tests can
 count runs without depending on the database being up. `record` runs at most once;
-`retried` has three attempts.
+`retried` has three attempts. With NEW_CODE=1 the app also registers `newname` (a
+`record` under a name only the new release has).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ futurecalls = FutureCalls()
 futurecalls.register_future_call(Boom(), "boom")
 futurecalls.register_future_call(Record(), "record")
 futurecalls.register_future_call(Retried(), "retried")
+if os.environ.get("NEW_CODE") == "1":
+    # The next release of this app, in the rolling-deploy test: it adds a call name that
+    # the workers still running the old code do not know.
+    futurecalls.register_future_call(Record(), "newname")
 engine = create_async_engine(sqlalchemy_url(os.environ.get("DATABASE_URL", "postgresql://x/x")))
 
 
