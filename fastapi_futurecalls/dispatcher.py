@@ -1,7 +1,8 @@
-"""The dispatch loop of one process: wait, claim a batch, run it, record the outcomes.
-
-One dedicated connection (never pooled) carries the worker's advisory lock, the LISTEN,
-the claims and the outcome writes; only the loop task uses it, so it needs no lock.
+"""The dispatch loop of one process: wait, claim a batch, run it, record the outcomes, and
+at shutdown drain within the grace period. It runs no SQL of its own: statements go
+through the :class:`~fastapi_futurecalls.worker.WorkerConnection`, which alone decides
+that the connection is lost, and recurring chains are :mod:`~fastapi_futurecalls.chains`'
+job.
 """
 
 from __future__ import annotations
@@ -15,38 +16,22 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
-
 from .calls import Registry
+from .chains import materialize_due_chains
 from .errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
-from .recurrence import Recurrence
 from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
-from .sql import channel, queries_for
-from .store import (
-    CONNECTION_ERRORS,
-    POOLER_HINT,
-    POOLER_SYMPTOMS,
-    Store,
-    connect,
-    first_line,
-)
+from .store import Store
+from .worker import Sweep, WorkerConnection
 
 logger = logging.getLogger("fastapi_futurecalls")
 
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 5.0)
 CHAIN_RETRY = 0.05  # seconds before looking again at a due chain another worker holds
-CANCEL_GRACE = 5.0  # after shutdown_grace, how long cancelled calls get to unwind
-NOT_SESSION_PINNED = (
-    "the dispatcher's connection does not keep its server session between statements, "
-    "so its advisory lock and LISTEN would be lost"
-)
-RECOVERABLE: tuple[type[BaseException], ...] = (
-    *CONNECTION_ERRORS,
-    asyncpg.PostgresError,
-    DatabaseError,
-)
+# Of the shutdown grace, the end kept for cancelling the calls still running and writing
+# the last outcomes: at most this many seconds, at most a quarter of the grace.
+STOP_RESERVE = 3.0
 
 
 class Dispatcher:
@@ -60,13 +45,10 @@ class Dispatcher:
         store: Store,
     ) -> None:
         self._settings = settings
-        self._store = store
-        self._queries = queries_for(settings.schema)
-        self._channel = channel(settings.schema)
         self._registry = registry
         self._session = session
-        self._conn: asyncpg.Connection | None = None
-        self._worker_id: int | None = None
+        self._names = registry.names()
+        self._worker = WorkerConnection(settings, store, self._names, self._announce)
         self._running: dict[asyncio.Task[Outcome], ClaimedCall] = {}
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
@@ -89,25 +71,26 @@ class Dispatcher:
     @property
     def worker_id(self) -> int | None:
         """The number under which this process's advisory lock is held."""
-        return self._worker_id
+        return self._worker.worker_id
 
     async def start(self) -> None:
         """Connect (raising if the database is unreachable) and start the loop."""
-        await self._connect()
+        await self._open()
         self._task = asyncio.create_task(self._run(), name="fastapi_futurecalls.dispatcher")
 
     async def run_due(self, horizon: timedelta = timedelta(0)) -> list[Outcome]:
-        """Burst mode: run every call due now (or within ``horizon``), including follow-ups
-        they schedule within it, wait for all of them, and return how each ended."""
+        """Burst mode: sweep once, run every call due now (or within ``horizon``),
+        including follow-ups they schedule within it, wait for all of them, and return how
+        each ended."""
         self._horizon = horizon
         self._recorded = []
-        await self._connect()
+        await self._open()
         try:
+            await self._tick()  # no long-lived dispatcher may be there to reconcile
             while True:
-                conn = self._connection()
-                await self._flush(conn)
+                await self._flush()
                 free = self._settings.concurrency_limit - len(self._running)
-                claimed = await self._claim(conn, free) if free > 0 else 0
+                claimed = await self._claim(free) if free > 0 else 0
                 more_due = self._due_at <= self._loop.time()
                 if not self._running and not claimed and not more_due:
                     break
@@ -115,13 +98,16 @@ class Dispatcher:
                     self._wake.clear()
                     await self._wake.wait()
         finally:
-            self._stopping = True
-            await self._drain()
+            await self._drain(self._loop.time() + self._settings.shutdown_grace)
         return self._recorded
 
     async def stop(self) -> None:
-        """Stop claiming, let running calls finish within the grace period, record them."""
+        """Stop claiming; let running calls finish within ``shutdown_grace``, recording
+        each as it ends; cancel the rest and record them, all within the grace."""
+        if self._stopping:
+            return
         self._stopping = True
+        self._worker.deadline = self._loop.time() + self._settings.shutdown_grace
         self._stopped.set()
         self._wake.set()
         if self._task is not None:
@@ -133,66 +119,73 @@ class Dispatcher:
         failures = 0
         while not self._stopping:
             try:
-                if self._conn is None or self._conn.is_closed():
-                    await self._connect()
+                if not self._worker.is_open:
+                    await self._open()
                 await self._step()
                 failures = 0
                 continue
-            except RECOVERABLE as exc:
+            except DatabaseUnavailableError as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                failures += 1
-                logger.warning("dispatcher lost the database (%r); retrying in %.2fs", exc, delay)
+                logger.warning("dispatcher lost the database (%s); retrying in %.2fs", exc, delay)
+            except (DatabaseError, ConfigurationError) as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                logger.error("dispatcher statement failed (%s); retrying in %.2fs", exc, delay)
             except Exception:
                 delay = RECONNECT_DELAYS[-1]
-                failures += 1
-                logger.exception("dispatcher failed unexpectedly; restarting in %.2fs", delay)
-            await self._close()
+                logger.exception("dispatcher failed unexpectedly; retrying in %.2fs", delay)
+            failures += 1
             with contextlib.suppress(TimeoutError):  # only stopping cuts the backoff short
                 await asyncio.wait_for(self._stopped.wait(), delay * random.uniform(0.8, 1.2))
-        await self._drain()
+        deadline = self._worker.deadline
+        await self._drain(deadline if deadline is not None else self._loop.time())
 
     async def _step(self) -> None:
-        conn = self._connection()
         if self._loop.time() >= self._tick_at:
-            await self._tick(conn)
+            await self._tick()
         free = self._settings.concurrency_limit - len(self._running)
         if free > 0 and self._loop.time() >= self._due_at and not self._stopping:
-            await self._claim(conn, free)  # records finished calls in the same statement
-        await self._flush(conn)
+            await self._claim(free)  # records finished calls in the same statement
+        await self._flush()
         await self._wait()
 
-    async def _tick(self, conn: asyncpg.Connection) -> None:
-        """Safety net: park calls of dead workers, and learn the next due time afresh."""
-        self._tick_at = self._loop.time() + self._settings.poll_interval * random.uniform(0.9, 1.1)
+    async def _tick(self) -> None:
+        """Safety net: sweep dead workers, take lost numbers back, and learn the next due
+        time afresh."""
+        poll = self._settings.poll_interval * random.uniform(0.9, 1.1)
+        self._tick_at = self._loop.time() + poll
         self._announced = math.inf
-        row = await conn.fetchrow(
-            self._queries["sweep"], self._settings.namespace, self._settings.restart_grace
-        )
-        assert row is not None
-        for call_id, name, state in zip(
-            row["dead_ids"], row["dead_names"], row["dead_states"], strict=True
-        ):
-            verdict = "rescheduled" if state == "scheduled" else f"parked as {state}"
-            logger.error(
-                "future call %r (id %d) %s: its worker died while it ran",
-                name,
-                call_id,
-                verdict,
-                extra={"future_call_name": name, "future_call_id": call_id},
-            )
-        self._set_due(row["next_due_in"])
+        for number in await self._worker.retake_lost():
+            await self._reconcile(number)
+        await self._release_adopted()
+        sweep = await self._worker.sweep()
+        self._log_sweep(sweep)
+        self._worker_gone(sweep)
+        if sweep.missing:  # come back when the first of them may be judged
+            soon = max(self._settings.liveness_grace / 2, 0.2)
+            self._tick_at = min(self._tick_at, self._loop.time() + soon)
+        self._set_due(sweep.next_due_in)
 
-    async def _claim(self, conn: asyncpg.Connection, free: int) -> int:
+    def _worker_gone(self, sweep: Sweep) -> None:
+        """A lost number of ours that a sweep judged dead: its calls were swept."""
+        for number in self._worker.lost_numbers - set(sweep.missing):
+            if not any(c.owner == number for c in self._running.values()):
+                self._worker.forget_lost(number)
+
+    async def _claim(self, free: int) -> int:
         """Claim and start up to ``free`` due calls; returns how many."""
         self._announced = math.inf
-        owner = self._worker_id
+        owner = self._worker.worker_id
         assert owner is not None
         tried, moved = self._chains_due, 0
-        while self._chains_due and (chains := await self._materialize_chains(conn)):
+        while self._chains_due and (
+            chains := await materialize_due_chains(
+                self._worker, self._settings.concurrency_limit, self._horizon
+            )
+        ):
             moved += chains  # every due slot is a one-off call now, claimed in due order
         if tried and not moved:
             self._chains_due = False  # none due, or held by another worker: the tail tells
-        *rows, tail = await self._record(conn, owner, free)
+        *rows, tail = await self._record(owner, free)
         if tail["chain_due"] is not None:  # None: a full turn, which did not look
             self._chains_due = tail["chain_due"]
         calls = sorted(
@@ -224,57 +217,58 @@ class Dispatcher:
             self._set_due(tail["next_due_in"])
         return len(rows)
 
-    async def _materialize_chains(self, conn: asyncpg.Connection) -> int:
-        """Turn each due slot of a recurring chain into a one-off call, moving the chain
-        to its next slot in the same transaction; returns how many chains moved."""
-        async with conn.transaction():
-            chains = await conn.fetch(
-                self._queries["lock_due_chains"], self._settings.concurrency_limit, self._horizon
-            )
-            if not chains:
-                return 0
-            nexts = [
-                Recurrence(row["cron"], row["every"], row["timezone"] or "UTC").next(
-                    row["due_at"], row["db_now"]
-                )
-                for row in chains
-            ]
-            await conn.execute(
-                self._queries["materialize_chains"], [r["id"] for r in chains], nexts
-            )
-        return len(chains)
-
-    async def _flush(self, conn: asyncpg.Connection) -> None:
+    async def _flush(self) -> None:
         """Record every finished call: the claim statement, claiming nothing."""
-        for owner in {o.call.owner for o in self._outcomes}:
-            await self._record(conn, owner, 0)
+        for owner in {o.call.owner for o in self._outcomes} & self._worker.owners:
+            await self._record(owner, 0)
 
-    async def _record(self, conn: asyncpg.Connection, owner: int, free: int) -> list[Any]:
+    async def _record(self, owner: int, free: int) -> list[Any]:
         """Record ``owner``'s finished calls and claim up to ``free`` calls for it, in one
         statement; returns the claimed rows and, last, the tail row."""
         mine = [o for o in self._outcomes if o.call.owner == owner]
         self._outcomes = [o for o in self._outcomes if o.call.owner != owner]
-        done = [o.call for o in mine if o.state == "done"]
-        other = [o for o in mine if o.state != "done"]
         try:
-            rows = await conn.fetch(
-                self._queries["claim"],
-                free,
-                owner,
-                self._horizon,
-                [c.id for c in done],
-                [c.attempts for c in done],
-                [o.call.id for o in other],
-                [o.call.attempts for o in other],
-                [o.state for o in other],
-                [o.error for o in other],
+            rows = await self._worker.fetch(
+                "claim", free, owner, self._horizon, *_columns(mine), self._names
             )
-        except BaseException:
+        except DatabaseUnavailableError:
             self._outcomes[:0] = mine  # recording is idempotent: retry them
             raise
+        except DatabaseError:
+            if not mine:
+                raise
+            await self._record_one_by_one(owner, mine)  # one of them breaks the statement
+            return await self._record(owner, free)
         if self._recorded is not None:
             self._recorded.extend(mine)
         return rows
+
+    async def _record_one_by_one(self, owner: int, outcomes: list[Outcome]) -> None:
+        """Record each outcome alone; one that the database refuses is recorded as a plain
+        failure, or, if even that is refused, dropped with an error logged (the row stays
+        running, and is swept when this worker's number is)."""
+        for index, outcome in enumerate(outcomes):
+            fallback = Outcome(outcome.call, "failed", "its outcome could not be recorded")
+            for attempt in (outcome, fallback):
+                try:
+                    await self._worker.fetch(
+                        "claim", 0, owner, self._horizon, *_columns([attempt]), self._names
+                    )
+                except DatabaseUnavailableError:
+                    self._outcomes[:0] = outcomes[index:]
+                    raise
+                except DatabaseError as exc:
+                    logger.error(
+                        "could not record future call %r (id %d) as %s: %s",
+                        outcome.call.name,
+                        outcome.call.id,
+                        attempt.state,
+                        exc,
+                    )
+                    continue
+                if self._recorded is not None:
+                    self._recorded.append(attempt)
+                break
 
     async def _wait(self) -> None:
         if self._stopping:
@@ -292,51 +286,135 @@ class Dispatcher:
         except TimeoutError:
             pass
 
-    async def _drain(self) -> None:
-        tasks = list(self._running)
-        if tasks:
+    async def _drain(self, deadline: float) -> None:
+        """Wait for running calls until ``deadline`` less the reserve, recording each as it
+        ends; then cancel the rest, and write the last outcomes by ``deadline``."""
+        self._stopping = True
+        self._worker.deadline = deadline
+        grace = max(deadline - self._loop.time(), 0.0)
+        cancel_at = deadline - min(STOP_RESERVE, grace / 4)
+        if self._running:
             logger.info(
-                "waiting up to %.1fs for %d running future calls",
-                self._settings.shutdown_grace,
-                len(tasks),
+                "waiting up to %.1fs for %d running future calls", grace, len(self._running)
             )
-            _, pending = await asyncio.wait(tasks, timeout=self._settings.shutdown_grace)
-            for task in pending:
+        while self._running and (left := cancel_at - self._loop.time()) > 0:
+            await asyncio.wait(list(self._running), timeout=left, return_when="FIRST_COMPLETED")
+            await asyncio.sleep(0)  # let the done callbacks collect the outcomes
+            await self._flush_at_stop()
+        if self._running:
+            for task in self._running:
                 task.cancel()
-            if pending:
-                _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE)
-                for task in stuck:  # swallowed the cancellation: the sweep parks it later
-                    call = self._running[task]
-                    logger.error(
-                        "future call %r (id %d) ignored cancellation; leaving it running",
-                        call.name,
-                        call.id,
-                        extra={"future_call_name": call.name, "future_call_id": call.id},
-                    )
-            await asyncio.sleep(0)  # let the done callbacks collect the last outcomes
-        try:
-            if self._conn is None or self._conn.is_closed():
-                await self._connect()
-            await self._flush(self._connection())
-        except RECOVERABLE as exc:
+            left = (deadline - self._loop.time()) / 2  # half to unwind, half to write
+            _, stuck = await asyncio.wait(list(self._running), timeout=max(left, 0.01))
+            for task in stuck:  # swallowed the cancellation: the sweep parks it later
+                call = self._running[task]
+                logger.error(
+                    "future call %r (id %d) ignored cancellation; leaving it running",
+                    call.name,
+                    call.id,
+                    extra={"future_call_name": call.name, "future_call_id": call.id},
+                )
+            await asyncio.sleep(0)
+        await self._flush_at_stop()
+        if self._outcomes:
             logger.error(
-                "could not record %d finished future calls at shutdown (%r); the next "
-                "dispatcher parks them as interrupted",
+                "could not record %d finished future calls at shutdown; the sweep treats "
+                "them as interrupted",
                 len(self._outcomes),
-                exc,
             )
-        await self._close()
+        await self._worker.close(within=deadline - self._loop.time())
+
+    async def _flush_at_stop(self) -> None:
+        if not self._outcomes:
+            return
+        try:
+            if not self._worker.is_open:
+                await self._open()
+            await self._flush()
+        except (DatabaseError, ConfigurationError, TimeoutError) as exc:
+            logger.warning("could not record finished future calls yet (%s)", exc)
+
+    # -- connecting and reconciling ----------------------------------------------------
+
+    async def _open(self) -> None:
+        deadline = self._worker.deadline
+        timeout = None if deadline is None else max(deadline - self._loop.time(), 0.01)
+        async with asyncio.timeout(timeout):
+            relocked = await self._worker.open()
+            for number in relocked:
+                await self._reconcile(number)
+        self._tick_at = 0.0  # sweep and rescan at once: notifications may have been missed
+        self._chains_due = True
+
+    async def _reconcile(self, number: int) -> None:
+        """After taking ``number`` back, make the table and this process agree: rows
+        claimed whose claim never reached us go back in line, and local runs of calls
+        another worker swept meanwhile stop, so a retry elsewhere never overlaps them."""
+        known = [c.id for c in self._running.values() if c.owner == number]
+        known += [o.call.id for o in self._outcomes if o.call.owner == number]
+        for row in await self._worker.fetch("requeue_untracked", number, known):
+            logger.warning(
+                "future call %r (id %d) was claimed as the connection dropped; back in line",
+                row["name"],
+                row["id"],
+                extra={"future_call_name": row["name"], "future_call_id": row["id"]},
+            )
+        calls = [c for c in self._running.values() if c.owner == number]
+        if not calls:
+            return
+        rows = await self._worker.fetch(
+            "still_owned", number, [c.id for c in calls], [c.attempts for c in calls]
+        )
+        owned = {row["id"] for row in rows}
+        for task, call in list(self._running.items()):
+            if call.owner == number and call.id not in owned:
+                logger.warning(
+                    "future call %r (id %d) was swept while this worker was unreachable; "
+                    "stopping this run",
+                    call.name,
+                    call.id,
+                    extra={"future_call_name": call.name, "future_call_id": call.id},
+                )
+                task.cancel()
+
+    async def _release_adopted(self) -> None:
+        busy = {c.owner for c in self._running.values()} | {o.call.owner for o in self._outcomes}
+        for number in self._worker.owners - busy - {self._worker.worker_id}:
+            await self._worker.release(number)
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _log_sweep(self, sweep: Sweep) -> None:
+        for call_id, name, state in sweep.changed:
+            if state == "orphaned":
+                why = "parked as failed: no live worker runs this name (unknown_name_grace)"
+            elif state == "scheduled":
+                why = "rescheduled: its worker died while it ran"
+            else:
+                why = f"parked as {state}: its worker died while it ran"
+            logger.error(
+                "future call %r (id %d) %s",
+                name,
+                call_id,
+                why,
+                extra={"future_call_name": name, "future_call_id": call_id},
+            )
 
     def _set_due(self, seconds: float | None) -> None:
         due = math.inf if seconds is None else self._loop.time() + max(seconds, 0.0)
         self._due_at = min(due, self._announced)
 
+    def _announce(self, due: float) -> None:
+        """A NOTIFY (or a dropped connection): something may be due at loop time ``due``."""
+        self._announced = min(self._announced, due)
+        if due < self._due_at:
+            self._due_at = due
+            self._wake.set()
+
     def _on_done(self, task: asyncio.Task[Outcome]) -> None:
         call = self._running.pop(task)
-        if task.cancelled():  # before its first step (run_call never saw it), or disowned
-            outcome = unsuccessful(call, "cancelled before it started", interrupted=True)
+        if task.cancelled():  # before its first step: it never ran, so back in line
+            outcome = Outcome(call, "released")
         elif (exc := task.exception()) is not None:
             logger.error(
                 "future call %r (id %d) crashed the runner",
@@ -351,114 +429,16 @@ class Dispatcher:
         self._outcomes.append(outcome)
         self._wake.set()
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            due = self._loop.time() + max(float(str(payload)), 0.0)
-        except ValueError:
-            due = self._loop.time()
-        self._announced = min(self._announced, due)
-        if due < self._due_at:
-            self._due_at = due
-            self._wake.set()
 
-    def _on_terminated(self, _conn: Any) -> None:
-        self._wake.set()
-
-    def _connection(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            raise DatabaseUnavailableError("the dispatcher's connection is closed")
-        return self._conn
-
-    async def _connect(self) -> None:
-        conn = await connect(self._settings)
-        try:
-            # A transaction pooler hands a session that is idle between statements to the
-            # next client that asks (here: the scheduling pool's next statement): refuse
-            # before taking a lock it would strand there.
-            pid = await conn.fetchval(self._queries["backend_pid"])
-            if await self._store.backend_pid() == pid:
-                raise ConfigurationError(f"{NOT_SESSION_PINNED}: {POOLER_HINT}")
-            namespace = self._settings.namespace
-            relocked, pid = False, 0
-            if self._worker_id is not None:
-                row = await conn.fetchrow(
-                    self._queries["relock_worker"], namespace, self._worker_id
-                )
-                assert row is not None
-                relocked, pid = row["locked"], row["pid"]
-            while not relocked:
-                row = await conn.fetchrow(self._queries["register_worker"], namespace)
-                assert row is not None
-                if row["locked"]:
-                    self._worker_id, pid = row["id"], row["pid"]
-                    break
-            await self._check_session(conn, pid)
-            await conn.add_listener(self._channel, self._on_notify)
-            conn.add_termination_listener(self._on_terminated)
-            if relocked:
-                await self._reconcile(conn)
-        except POOLER_SYMPTOMS as exc:
-            conn.terminate()
-            raise ConfigurationError(
-                f"{NOT_SESSION_PINNED} ({first_line(exc)}): {POOLER_HINT}"
-            ) from exc
-        except BaseException:
-            conn.terminate()
-            raise
-        self._conn = conn
-        self._tick_at = 0.0  # sweep and rescan at once: notifications may have been missed
-        logger.info("dispatcher connected as worker %d", self._worker_id)
-
-    async def _check_session(self, conn: asyncpg.Connection, pid: int) -> None:
-        """Refuse a connection that does not keep its server session: the advisory lock
-        that proves this worker alive would be lost between statements."""
-        row = await conn.fetchrow(
-            self._queries["check_session"], self._settings.namespace, self._worker_id
-        )
-        assert row is not None
-        if row["pid"] != pid or not row["holds_lock"]:
-            raise ConfigurationError(f"{NOT_SESSION_PINNED}: {POOLER_HINT}")
-
-    async def _reconcile(self, conn: asyncpg.Connection) -> None:
-        """After a reconnect under the same worker number, make the table and this process
-        agree: rows claimed whose claim never reached us go back in line, and local runs
-        of calls another worker swept meanwhile stop, so a retry elsewhere never overlaps
-        with them."""
-        known = [c.id for c in self._running.values()] + [o.call.id for o in self._outcomes]
-        for row in await conn.fetch(self._queries["requeue_untracked"], self._worker_id, known):
-            logger.warning(
-                "future call %r (id %d) was claimed as the connection dropped; back in line",
-                row["name"],
-                row["id"],
-                extra={"future_call_name": row["name"], "future_call_id": row["id"]},
-            )
-        if not self._running:
-            return
-        calls = list(self._running.values())
-        owned = {
-            row["id"]
-            for row in await conn.fetch(
-                self._queries["still_owned"],
-                self._worker_id,
-                [c.id for c in calls],
-                [c.attempts for c in calls],
-            )
-        }
-        for task, call in list(self._running.items()):
-            if call.id not in owned:
-                logger.warning(
-                    "future call %r (id %d) was swept while the database was unreachable; "
-                    "stopping this run",
-                    call.name,
-                    call.id,
-                    extra={"future_call_name": call.name, "future_call_id": call.id},
-                )
-                task.cancel()
-
-    async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.close(), timeout=2)
-            except RECOVERABLE:
-                conn.terminate()
+def _columns(outcomes: list[Outcome]) -> tuple[list[Any], ...]:
+    """The claim statement's outcome parameters ($4 to $9) for ``outcomes``."""
+    done = [o.call for o in outcomes if o.state == "done"]
+    other = [o for o in outcomes if o.state != "done"]
+    return (
+        [c.id for c in done],
+        [c.attempts for c in done],
+        [o.call.id for o in other],
+        [o.call.attempts for o in other],
+        [o.state for o in other],
+        [o.error for o in other],
+    )

@@ -14,7 +14,7 @@ from .session import Session
 
 logger = logging.getLogger("fastapi_futurecalls")
 
-NextState = Literal["done", "scheduled", "failed", "interrupted"]
+NextState = Literal["done", "scheduled", "failed", "interrupted", "released"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,8 @@ class ClaimedCall:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a run ended, and where its row goes: deleted ("done"), back in line for another
-    attempt ("scheduled"), or parked ("failed", "interrupted") with ``error``."""
+    attempt ("scheduled"), parked ("failed", "interrupted") with ``error``, or back in
+    line untouched ("released": claimed, but stopped before it started)."""
 
     call: ClaimedCall
     state: NextState = "done"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +11,6 @@ from typing import Any
 from .errors import ConfigurationError
 
 ENV_PREFIX = "FUTURECALLS_"
-# "FUTC" in ASCII: the first key of every advisory lock this library takes (see docs/design.md).
-DEFAULT_LOCK_NAMESPACE = 0x46555443
 # The NOTIFY channel is "future_calls.<schema>", and a channel name has at most 63 bytes.
 MAX_SCHEMA_BYTES = 50
 
@@ -30,8 +27,10 @@ class Settings:
     concurrency_limit: int = 10
     execution_enabled: bool = True
     poll_interval: float = 10.0
-    shutdown_grace: float = 30.0
-    restart_grace: float = 20.0
+    shutdown_grace: float = 20.0
+    liveness_grace: float = 20.0
+    unknown_name_grace: float = 600.0
+    statement_timeout: float = 10.0
     connect_timeout: float = 10.0
     pool_size: int = 10
     statement_cache_size: int = 100
@@ -45,12 +44,14 @@ class Settings:
         _require(self.statement_cache_size >= 0, "statement_cache_size must not be negative")
         _require(self.poll_interval > 0, "poll_interval must be positive")
         _require(self.shutdown_grace >= 0, "shutdown_grace must not be negative")
-        _require(self.restart_grace >= 0, "restart_grace must not be negative")
+        _require(self.liveness_grace >= 0, "liveness_grace must not be negative")
+        _require(self.unknown_name_grace >= 0, "unknown_name_grace must not be negative")
+        _require(self.statement_timeout > 0, "statement_timeout must be positive")
         _require(self.connect_timeout > 0, "connect_timeout must be positive")
         _require(self.max_payload_bytes >= 1, "max_payload_bytes must be at least 1")
         _require(
             self.lock_namespace is None or 0 <= self.lock_namespace < 0x7FFFFFFF,
-            "lock_namespace must be from 0 to 2**31 - 2 (it and the next number are used)",
+            "lock_namespace must be from 0 to 2**31 - 2",
         )
         if self.schema is not None:
             _require(
@@ -64,17 +65,6 @@ class Settings:
                 not self.schema.startswith("pg_"),
                 f"schema {self.schema!r}: names starting with pg_ are reserved by PostgreSQL",
             )
-
-    @property
-    def namespace(self) -> int:
-        """The first key of every advisory lock: ``lock_namespace``; by default 0x46555443,
-        or, with a ``schema``, a number derived from it, so that the tables of two schemas
-        in one database never share worker numbers."""
-        if self.lock_namespace is not None:
-            return self.lock_namespace
-        if self.schema is None:
-            return DEFAULT_LOCK_NAMESPACE
-        return zlib.crc32(f"futurecalls schema {self.schema}".encode()) % (0x7FFFFFFF - 1)
 
     def __repr__(self) -> str:
         """The dataclass repr with the DSN's password masked (user, hosts, database and

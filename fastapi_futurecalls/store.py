@@ -143,7 +143,7 @@ class Store:
         self._queries = queries_for(settings.schema)
         self._schema = settings.schema
         # Schedule-once locks take the second key space (see docs/design.md).
-        self._identifier_locks = settings.namespace + 1
+        self._identifier_locks = settings.lock_namespace  # None: the table's oid
 
     @classmethod
     async def open(cls, settings: Settings) -> Store:
@@ -262,8 +262,12 @@ class Store:
             )
 
     async def cancel(self, identifier: str, conn: Executor | None = None) -> int:
+        """Two statements in one transaction: once the chain is locked, no slot of it can
+        become a call that the DELETE's snapshot would miss."""
         with database_errors(f"cancelling {identifier!r}"):
-            status = await (conn or self._pool).execute(self._queries["cancel"], identifier)
+            async with self._transaction(conn) as tx:
+                await tx.execute(self._queries["lock_chain"], identifier)
+                status = await tx.execute(self._queries["cancel"], identifier)
         return int(status.rsplit(" ", 1)[-1])
 
     async def list(

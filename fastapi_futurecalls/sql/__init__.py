@@ -12,7 +12,7 @@ _BLOCK = re.compile(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", re.MULTILINE | r
 _NAMES = re.compile(
     r"(?P<channel>pg_notify\('future_calls')"
     r"|'(?P<literal>future_calls(?:_worker_seq)?)'"
-    r"|\bfuture_calls(?:_worker_seq)?\b"
+    r"|\bfuture_calls(?:_worker_seq|_workers)?\b"
 )
 TABLE = "future_calls"
 

@@ -8,14 +8,15 @@ SELECT to_regclass('future_calls') IS NOT NULL AS present;
 -- name: schedule
 -- Store one call, due at $4 or else at the database's now() + $5, and wake the
 -- dispatchers; each keeps only the earliest due time it hears of. The NOTIFY payload is
--- seconds until due. $6 and $7 are the call's delivery policy (max_attempts,
--- retry_backoff).
+-- the due time in seconds since the epoch, absolute: it stays right however long the
+-- caller's transaction takes to commit. $6 and $7 are the call's delivery policy
+-- (max_attempts, retry_backoff).
 WITH inserted AS (
     INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
     VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7)
     RETURNING id, due_at
 )
-SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
+SELECT id, pg_notify('future_calls', extract(epoch FROM due_at)::float8::text)
 FROM inserted;
 
 -- name: schedule_many
@@ -32,12 +33,16 @@ WITH inserted AS (
     RETURNING id, due_at
 )
 SELECT array_agg(id ORDER BY id) AS ids,
-       pg_notify('future_calls', extract(epoch FROM min(due_at) - clock_timestamp())::text)
+       pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text)
 FROM inserted;
 
 -- name: lock_identifier
--- Schedule-once: one transaction at a time per identifier, until it ends.
-SELECT pg_advisory_xact_lock($1::integer, hashtext($2));
+-- Schedule-once: one transaction at a time per identifier, until it ends. The key is
+-- one bigint (a lock space apart from the workers' two-key locks): the lock namespace
+-- $1, by default the table's oid, unique in the database, then the identifier's hash.
+SELECT pg_advisory_xact_lock(
+    (coalesce($1::bigint, 'future_calls'::regclass::oid::bigint) << 32)
+    | (hashtext($2)::bigint & 4294967295));
 
 -- name: pending_one_off
 -- The pending one-off call with this identifier that if_exists="skip" keeps.
@@ -51,6 +56,14 @@ LIMIT 1;
 DELETE FROM future_calls
 WHERE identifier = $1 AND state = 'scheduled' AND cron IS NULL AND every IS NULL;
 
+-- name: lock_chain
+-- Cancel, first statement: lock the identifier's recurring chain. A dispatcher that is
+-- turning its slot into a call holds the lock until it commits; the DELETE that follows
+-- runs after, with a snapshot that sees that call.
+SELECT id FROM future_calls
+WHERE identifier = $1 AND (cron IS NOT NULL OR every IS NOT NULL)
+FOR UPDATE;
+
 -- name: cancel
 -- Remove every pending call with this identifier; running and parked calls stay.
 DELETE FROM future_calls WHERE identifier = $1 AND state = 'scheduled';
@@ -63,12 +76,52 @@ SELECT id, pg_try_advisory_lock($1::integer, id) AS locked, pg_backend_pid() AS 
 FROM worker;
 
 -- name: relock_worker
--- After a reconnect, take back the same worker number if nobody swept it yet.
-SELECT pg_try_advisory_lock($1::integer, $2::integer) AS locked, pg_backend_pid() AS pid;
+-- After a reconnect, take back worker number $2. When the lock is held, also say by
+-- which server process: the old session of this very worker (half-open, not yet noticed
+-- by the server), or a sweep that holds it for the length of its transaction.
+SELECT pg_try_advisory_lock($1::integer, $2::integer) AS locked, pg_backend_pid() AS pid,
+       (SELECT l.pid FROM pg_locks AS l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = ($1::integer::bigint & 4294967295)::oid AND l.objid = ($2::integer::bigint)::oid
+          AND l.pid <> pg_backend_pid()
+        LIMIT 1) AS holder;
+
+-- name: terminate_backend
+-- End this worker's own earlier server session $1, found still holding worker number $3
+-- after its connection went dead on our side (a half-open TCP connection).
+SELECT pg_terminate_backend(l.pid)
+FROM pg_locks AS l
+WHERE l.pid = $1 AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = ($2::integer::bigint & 4294967295)::oid AND l.objid = ($3::integer::bigint)::oid;
+
+-- name: unlock_worker
+-- Let go of an adopted worker number whose calls have all been recorded.
+SELECT pg_advisory_unlock($1::integer, $2::integer);
+
+-- name: announce_worker
+-- Say which call names worker $1 runs (a fleet may split names across pools, and calls
+-- of a name no live worker runs are parked after unknown_name_grace), and from where.
+INSERT INTO future_calls_workers (id, names, host, pid)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (id) DO UPDATE
+SET names = EXCLUDED.names, host = EXCLUDED.host, pid = EXCLUDED.pid, missing_since = NULL;
+
+-- name: table_namespace
+-- The table's oid as a signed 32-bit number: the first key of the workers' advisory
+-- locks, unique to this table in the database (locks are per database).
+SELECT (('future_calls'::regclass::oid::bigint + 2147483648) % 4294967296
+        - 2147483648)::integer AS namespace,
+       extract(epoch FROM clock_timestamp())::float8 AS db_epoch;
 
 -- name: tune_dispatcher_session
--- Plan the dispatcher's statements once per connection (docs/performance.md).
+-- Plan the dispatcher's statements once per connection (docs/performance.md), and let
+-- the server notice a dead client within about a minute instead of two hours.
 SET plan_cache_mode = force_generic_plan;
+SET tcp_keepalives_idle = 15;
+SET tcp_keepalives_interval = 5;
+SET tcp_keepalives_count = 3;
 
 -- name: backend_pid
 -- The server process this connection's statements run in.
@@ -80,38 +133,53 @@ SELECT pg_backend_pid();
 SELECT pg_backend_pid() AS pid, EXISTS (
     SELECT 1 FROM pg_locks
     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
-      AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2) AS holds_lock;
+      AND classid = ($1::integer::bigint & 4294967295)::oid AND objid = ($2::integer::bigint)::oid
+      AND objsubid = 2) AS holds_lock;
 
 -- name: claim
 -- The dispatcher's one statement per turn. First it records worker $2's finished calls:
 -- done ones ($4 ids, $5 attempts) leave the table; the others ($6 ids, $7 attempts,
--- $8 next states, $9 errors) are parked, or rescheduled for another attempt after the
--- call's backoff (doubling, with jitter). Owner and attempt number fence these writes:
--- an outcome of a run whose row was swept, or claimed again since, matches nothing.
--- Then it claims up to $1 one-off calls due by now() + $3 (zero but in run_due's time
--- travel), oldest first; SKIP LOCKED lets many dispatchers claim at the same instant
--- without waiting on or sharing a row. A last row (id NULL) carries the seconds until
--- the next call due after that, computed with the same now() so that no call falls
--- between "due now" and "due later", and whether a recurring chain is due.
+-- $8 next states, $9 errors) are parked, put back in line untouched ('released': claimed
+-- but never started), or rescheduled for another attempt after the call's backoff
+-- (doubling, with jitter, bounded). Owner and attempt number fence these writes: an
+-- outcome of a run whose row was swept, or claimed again since, matches nothing.
+-- Then it claims up to $1 one-off calls of the names this worker runs ($10), due by
+-- now() + $3 (zero but in run_due's time travel), oldest first; SKIP LOCKED lets many
+-- dispatchers claim at the same instant without waiting on or sharing a row. A last row
+-- (id NULL) carries the seconds until the next call due after that (a retry scheduled by
+-- this very statement included: the look-ahead's snapshot cannot see it), computed with
+-- the same now() so that no call falls between "due now" and "due later", and whether a
+-- recurring chain is due. A retry also wakes the other dispatchers.
+-- Every value returned decodes whatever a row holds (an infinite due time included).
 WITH done AS (
     DELETE FROM future_calls AS c
     USING unnest($4::bigint[], $5::integer[]) AS d(id, attempts)
     WHERE c.id = d.id AND c.attempts = d.attempts AND c.owner = $2 AND c.state = 'running'
 ), parked AS (
     UPDATE future_calls AS c
-    SET state = p.state, last_error = p.error, owner = NULL,
-        finished_at = CASE WHEN p.state = 'scheduled' THEN NULL ELSE now() END,
+    SET state = CASE WHEN p.state = 'released' THEN 'scheduled' ELSE p.state END,
+        last_error = CASE WHEN p.state = 'released' THEN c.last_error ELSE p.error END,
+        owner = NULL,
+        attempts = CASE WHEN p.state = 'released' THEN c.attempts - 1 ELSE c.attempts END,
+        started_at = CASE WHEN p.state = 'released' THEN NULL ELSE c.started_at END,
+        finished_at = CASE WHEN p.state IN ('scheduled', 'released') THEN NULL ELSE now() END,
         due_at = CASE WHEN p.state = 'scheduled'
-                      THEN now() + c.retry_backoff * power(2, least(c.attempts - 1, 16))
+                      THEN now() + least(c.retry_backoff, interval '1 day')
+                                   * power(2, least(greatest(c.attempts, 1), 17) - 1)
                                    * (0.75 + random() * 0.5)
                       ELSE c.due_at END
     FROM unnest($6::bigint[], $7::integer[], $8::text[], $9::text[])
          AS p(id, attempts, state, error)
     WHERE c.id = p.id AND c.attempts = p.attempts AND c.owner = $2 AND c.state = 'running'
+    RETURNING c.due_at, p.state
+), retried AS (
+    SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) AS sent,
+           min(due_at) AS due_at
+    FROM parked WHERE state IN ('scheduled', 'released') HAVING count(*) > 0
 ), due AS (
     SELECT id FROM future_calls
     WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
-      AND due_at <= now() + $3::interval
+      AND due_at <= now() + $3::interval AND name = ANY ($10::text[])
     ORDER BY due_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -119,37 +187,49 @@ WITH done AS (
     -- id = ANY(array) keeps the primary-key lookup in the generic plan, which the
     -- dispatcher's connection always uses (no planning per turn).
     UPDATE future_calls AS c
-    SET state = 'running', owner = $2, attempts = c.attempts + 1, started_at = now()
+    SET state = 'running', owner = $2, started_at = now(),
+        attempts = CASE WHEN c.attempts < 2147483647 THEN c.attempts + 1 ELSE c.attempts END
     WHERE c.id = ANY (ARRAY(SELECT id FROM due))
-    RETURNING c.id, c.name, c.payload, c.identifier, c.due_at, c.attempts, c.max_attempts
+    RETURNING c.id, c.name, c.payload, c.identifier,
+              CASE WHEN isfinite(c.due_at) THEN c.due_at ELSE now() END AS due_at,
+              c.attempts, c.max_attempts
 )
 SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
        NULL::float8 AS next_due_in, NULL::boolean AS chain_due
 FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due
-FROM (SELECT count(*) < $1 AS drained FROM claimed) AS turn
+FROM (SELECT count(*) < $1 AS drained,
+             (SELECT min(due_at) FROM retried) AS retry_at
+      FROM claimed) AS turn
 -- Only a turn that took fewer calls than it could asks what comes next: a full one
 -- comes straight back for more.
 LEFT JOIN LATERAL (
     SELECT extract(epoch FROM least(
+               turn.retry_at,
                (SELECT min(due_at) FROM future_calls
                 WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
-                  AND due_at > now() + $3::interval),
+                  AND due_at > now() + $3::interval AND name = ANY ($10::text[])),
                (SELECT min(due_at) FROM future_calls
-                WHERE (cron IS NOT NULL OR every IS NOT NULL) AND due_at > now() + $3::interval)
-           ) - clock_timestamp() - $3::interval)::float8 AS next_due_in,
+                WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
+                  AND due_at > now() + $3::interval)
+           ))::float8 - extract(epoch FROM clock_timestamp() + $3::interval)::float8
+           AS next_due_in,
            EXISTS (SELECT 1 FROM future_calls
-                   WHERE (cron IS NOT NULL OR every IS NOT NULL)
+                   WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
                      AND due_at <= now() + $3::interval) AS chain_due
     WHERE turn.drained
 ) AS next ON true;
 
 -- name: lock_due_chains
 -- In the claiming transaction: recurring chains due by now() + $2, at most $1, locked.
-SELECT id, due_at, cron, every, timezone, now() AS db_now
+-- Values come as what always decodes (a hand-edited row may hold anything): the due
+-- time NULL when infinite, the interval in seconds.
+SELECT id, CASE WHEN isfinite(due_at) THEN due_at END AS due_at, cron,
+       extract(epoch FROM every)::float8 AS every_seconds, timezone, now() AS db_now
 FROM future_calls
-WHERE (cron IS NOT NULL OR every IS NOT NULL) AND due_at <= now() + $2::interval
+WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
+  AND due_at <= now() + $2::interval
 ORDER BY due_at, id
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
@@ -173,10 +253,18 @@ INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry
 SELECT a.name, a.payload, a.identifier, old.due_at, a.max_attempts, a.retry_backoff
 FROM advanced AS a JOIN old ON old.id = a.id;
 
+-- name: park_chains
+-- Chains ($1 ids) whose next slot cannot be computed ($2 why): parked as 'failed', once,
+-- where list_future_calls and the CLI show them; the rest of the turn goes on.
+UPDATE future_calls AS c
+SET state = 'failed', finished_at = now(), last_error = t.error
+FROM unnest($1::bigint[], $2::text[]) AS t(id, error)
+WHERE c.id = t.id AND c.state = 'scheduled';
+
 -- name: schedule_recurring
 -- Create the chain for identifier $3, or update the one there is (race-free through the
 -- unique index): name, payload and policy follow the latest call; the next due time is
--- kept unless the schedule itself changed.
+-- kept unless the schedule itself changed, or the chain had been parked as failed.
 WITH upserted AS (
     INSERT INTO future_calls AS c (name, payload, identifier, due_at, max_attempts,
                                    retry_backoff, cron, every, timezone)
@@ -185,13 +273,14 @@ WITH upserted AS (
     DO UPDATE SET
         name = EXCLUDED.name, payload = EXCLUDED.payload,
         max_attempts = EXCLUDED.max_attempts, retry_backoff = EXCLUDED.retry_backoff,
-        due_at = CASE WHEN (c.cron, c.every, c.timezone)
+        due_at = CASE WHEN c.state = 'scheduled' AND (c.cron, c.every, c.timezone)
                            IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
                       THEN c.due_at ELSE EXCLUDED.due_at END,
-        cron = EXCLUDED.cron, every = EXCLUDED.every, timezone = EXCLUDED.timezone
+        cron = EXCLUDED.cron, every = EXCLUDED.every, timezone = EXCLUDED.timezone,
+        state = 'scheduled', last_error = NULL, finished_at = NULL
     RETURNING id, due_at
 )
-SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
+SELECT id, pg_notify('future_calls', extract(epoch FROM due_at)::float8::text)
 FROM upserted;
 
 -- name: still_owned
@@ -210,44 +299,97 @@ WHERE owner = $1 AND state = 'running' AND id <> ALL($2::bigint[])
 RETURNING id, name;
 
 -- name: sweep
--- Calls whose worker's advisory lock is gone: PostgreSQL released it when that worker's
--- connection ended. Each is rescheduled if it has attempts left, else parked (as
--- 'interrupted' under the default at-most-once policy, 'failed' once retries ran out).
--- Right after a server restart every lock is gone, live workers' too: calls claimed
--- before the restart wait $2 seconds for their workers to reconnect and take their
--- locks back. Also returns the seconds until the next pending call, so an idle tick
--- costs one statement.
-WITH dead AS (
+-- The safety net, run by every dispatcher now and then. A worker is alive while its
+-- advisory lock (namespace $1, its number) is held. A number whose lock is missing is
+-- first only noted (missing_since); it is judged dead only when a later sweep still
+-- finds it missing $2 seconds on, so that a server restart, a failover to a standby or
+-- one dropped connection, after which live workers take their locks back, sweeps
+-- nothing. A dead worker's running calls are rescheduled if they have attempts left,
+-- else parked (as 'interrupted' under the default at-most-once policy, 'failed' once
+-- retries ran out); the sweep holds the dead number's lock for its transaction, so the
+-- worker cannot take it back halfway. Pending calls of a name that no live worker runs,
+-- due for more than $3 seconds, are parked as 'failed' (at most $4 a sweep). Also
+-- returns the seconds until the next pending call, so an idle tick costs one statement.
+WITH live AS (
+    SELECT l.objid::bigint::integer AS id FROM pg_locks AS l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = ($1::integer::bigint & 4294967295)::oid
+), missing AS (
+    SELECT owner AS id FROM future_calls WHERE state = 'running'
+    UNION
+    SELECT id FROM future_calls_workers
+    EXCEPT
+    SELECT id FROM live
+), noted AS (
+    -- First sight of a missing number; one already noted is left as it is.
+    INSERT INTO future_calls_workers AS w (id, missing_since)
+    SELECT id, now() FROM missing
+    ON CONFLICT (id) DO UPDATE SET missing_since = now() WHERE w.missing_since IS NULL
+), back AS (
+    UPDATE future_calls_workers SET missing_since = NULL
+    WHERE missing_since IS NOT NULL AND id IN (SELECT id FROM live)
+), gone AS (
+    -- Seen missing by an earlier sweep at least $2 seconds ago, and missing still.
+    SELECT w.id FROM future_calls_workers AS w
+    WHERE w.id IN (SELECT id FROM missing)
+      AND w.missing_since <= now() - make_interval(secs => $2::float8)
+      AND pg_try_advisory_xact_lock($1::integer, w.id)
+), forgotten AS (
+    DELETE FROM future_calls_workers WHERE id IN (SELECT id FROM gone)
+), dead AS (
     UPDATE future_calls AS c
     SET state = CASE WHEN c.attempts < c.max_attempts THEN 'scheduled'
                      WHEN c.max_attempts > 1 THEN 'failed'
                      ELSE 'interrupted' END,
         due_at = CASE WHEN c.attempts < c.max_attempts
-                      THEN now() + c.retry_backoff * power(2, least(c.attempts - 1, 16))
+                      THEN now() + least(c.retry_backoff, interval '1 day')
+                                   * power(2, least(greatest(c.attempts, 1), 17) - 1)
                                    * (0.75 + random() * 0.5)
                       ELSE c.due_at END,
         finished_at = CASE WHEN c.attempts < c.max_attempts THEN NULL ELSE now() END,
         owner = NULL,
         last_error = 'interrupted: its worker''s database session ended while it ran'
-    WHERE c.state = 'running'
-      AND (c.started_at > pg_postmaster_start_time()
-           OR pg_postmaster_start_time() < now() - make_interval(secs => $2))
-      AND NOT EXISTS (
-          SELECT 1 FROM pg_locks AS l
-          WHERE l.locktype = 'advisory'
-            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND l.classid::bigint = $1 AND l.objid::bigint = c.owner
-            AND l.objsubid = 2 AND l.granted)
-    RETURNING c.id, c.name, c.state
+    WHERE c.state = 'running' AND c.owner IN (SELECT id FROM gone)
+    RETURNING c.id, c.name, c.state, c.due_at
+), live_names AS (
+    SELECT DISTINCT unnest(w.names) AS name FROM future_calls_workers AS w
+    WHERE w.id IN (SELECT id FROM live)
+), orphaned AS (
+    UPDATE future_calls AS c
+    SET state = 'failed', finished_at = now(),
+        last_error = 'no live worker runs future calls named ' || quote_literal(c.name)
+                     || ' (due for over ' || $3::float8::text || ' s: unknown_name_grace)'
+    WHERE c.id = ANY (ARRAY(
+        SELECT id FROM future_calls
+        WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+          AND due_at < now() - make_interval(secs => $3::float8)
+          AND name NOT IN (SELECT name FROM live_names)
+        ORDER BY due_at, id
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED))
+    RETURNING c.id, c.name, c.state, c.due_at
+), changed AS (
+    SELECT id, name, state, due_at FROM dead
+    UNION ALL
+    SELECT id, name, 'orphaned', due_at FROM orphaned
+), retried AS (
+    SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) AS sent,
+           min(due_at) AS due_at
+    FROM dead WHERE state = 'scheduled' HAVING count(*) > 0
 )
-SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM dead) AS dead_ids,
-       (SELECT coalesce(array_agg(name ORDER BY id), '{}') FROM dead) AS dead_names,
-       (SELECT coalesce(array_agg(state ORDER BY id), '{}') FROM dead) AS dead_states,
+SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM changed) AS changed_ids,
+       (SELECT coalesce(array_agg(name ORDER BY id), '{}') FROM changed) AS changed_names,
+       (SELECT coalesce(array_agg(state ORDER BY id), '{}') FROM changed) AS changed_states,
+       (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM missing
+        WHERE id NOT IN (SELECT id FROM gone)) AS missing,
        extract(epoch FROM least(
+           (SELECT due_at FROM retried),
            (SELECT min(due_at) FROM future_calls
             WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL),
-           (SELECT min(due_at) FROM future_calls WHERE cron IS NOT NULL OR every IS NOT NULL)
-       ) - clock_timestamp())::float8 AS next_due_in;
+           (SELECT min(due_at) FROM future_calls
+            WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled')
+       ))::float8 - extract(epoch FROM clock_timestamp())::float8 AS next_due_in;
 
 -- name: list
 -- Calls matching the optional filters, by due time.
@@ -276,7 +418,7 @@ WITH moved AS (
     WHERE id = $1 AND state IN ('failed', 'interrupted')
     RETURNING id, due_at
 )
-SELECT id, pg_notify('future_calls', extract(epoch FROM due_at - clock_timestamp())::text)
+SELECT id, pg_notify('future_calls', extract(epoch FROM due_at)::float8::text)
 FROM moved;
 
 -- name: delete

@@ -50,7 +50,13 @@ async def test_soak(
     policy: str, fault_dsn: str, cluster: Cluster, serve: Callable[..., Uvicorn], runlog: RunLog
 ):
     name = "record" if policy == "at-most-once" else "retried"
-    server = serve(4, fault_dsn, FUTURECALLS_POLL_INTERVAL="1", FUTURECALLS_SHUTDOWN_GRACE="2")
+    server = serve(
+        4,
+        fault_dsn,
+        FUTURECALLS_POLL_INTERVAL="1",
+        FUTURECALLS_SHUTDOWN_GRACE="2",
+        FUTURECALLS_LIVENESS_GRACE="3",
+    )
     await schedule_spread(fault_dsn, name)
     kills = restarts = 0
     started = time.monotonic()

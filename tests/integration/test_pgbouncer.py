@@ -32,8 +32,8 @@ def pgbouncer(dsn: str) -> Iterator[Callable[[str], PgBouncer]]:
 async def library_locks(db: asyncpg.Connection) -> int:
     return await db.fetchval(
         "SELECT count(*) FROM pg_locks JOIN pg_database AS d ON d.oid = database "
-        "WHERE d.datname = current_database() AND locktype = 'advisory' AND classid = $1",
-        0x46555443,
+        "WHERE d.datname = current_database() AND locktype = 'advisory' AND objsubid = 2"
+        " AND classid = 'future_calls'::regclass::oid"
     )
 
 

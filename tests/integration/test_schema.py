@@ -30,8 +30,11 @@ async def test_two_schemas_in_one_database_keep_their_calls_apart(dsn: str, db):
     in_public = FutureCalls(dsn, poll_interval=60)
     in_schema.register_future_call(tenant, "record")
     in_public.register_future_call(default, "record")
-    assert in_schema.settings.namespace != in_public.settings.namespace
     async with in_schema, in_public:
+        namespaces = await db.fetch(
+            "SELECT DISTINCT classid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+        )
+        assert len(namespaces) == 2  # each table's workers lock under the table's own oid
         session = in_schema.session()
         for n in range(20):
             await session.future_call_with_delay("record", Item(n=n), timedelta(0))

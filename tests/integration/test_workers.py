@@ -73,7 +73,13 @@ async def kill_one_worker_mid_call(db: asyncpg.Connection, runlog: RunLog, calls
 async def test_a_killed_worker_s_calls_are_parked_as_interrupted_never_rerun(
     dsn: str, db: asyncpg.Connection, serve, runlog: RunLog
 ):
-    server = serve(2, dsn, FUTURECALLS_POLL_INTERVAL="0.5", FUTURECALLS_SHUTDOWN_GRACE="0.5")
+    server = serve(
+        2,
+        dsn,
+        FUTURECALLS_POLL_INTERVAL="0.5",
+        FUTURECALLS_SHUTDOWN_GRACE="0.5",
+        FUTURECALLS_LIVENESS_GRACE="2",
+    )
     await schedule_jobs(dsn, [Job(n=n, sleep=30) for n in range(6)])
     victim_calls = await kill_one_worker_mid_call(db, runlog, 6)
     t0 = time.monotonic()
@@ -101,7 +107,7 @@ async def test_a_killed_worker_s_calls_are_parked_as_interrupted_never_rerun(
 async def test_with_retries_a_killed_worker_s_calls_run_to_completion_elsewhere(
     dsn: str, db: asyncpg.Connection, serve, runlog: RunLog
 ):
-    serve(2, dsn, FUTURECALLS_POLL_INTERVAL="0.5")
+    serve(2, dsn, FUTURECALLS_POLL_INTERVAL="0.5", FUTURECALLS_LIVENESS_GRACE="2")
     await schedule_jobs(dsn, [Job(n=n, sleep=2) for n in range(6)], name="retried")
     victim_calls = await kill_one_worker_mid_call(db, runlog, 6)
     await wait_for(lambda: runlog.count("done") >= 6, within=30, what="every call to complete")

@@ -11,7 +11,7 @@ def test_defaults() -> None:
     settings = Settings.load(environ={})
     assert settings.dsn is None
     assert (settings.concurrency_limit, settings.execution_enabled) == (10, True)
-    assert (settings.poll_interval, settings.shutdown_grace) == (10.0, 30.0)
+    assert (settings.poll_interval, settings.shutdown_grace) == (10.0, 20.0)
 
 
 def test_environment_then_arguments() -> None:
@@ -51,12 +51,9 @@ def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
         Settings.load(environ=env)
 
 
-def test_each_schema_gets_its_own_lock_namespace_unless_one_is_given() -> None:
-    default = Settings.load(environ={})
-    a = Settings.load(environ={"FUTURECALLS_SCHEMA": "a"})
-    b = Settings.load(environ={"FUTURECALLS_SCHEMA": "b"})
-    assert default.namespace == 0x46555443
-    assert len({default.namespace, a.namespace, b.namespace}) == 3
-    assert a.namespace == Settings.load(environ={"FUTURECALLS_SCHEMA": "a"}).namespace
+def test_a_lock_namespace_can_be_given_and_is_unset_by_default() -> None:
+    """Unset, the workers' lock namespace is the table's oid, read at start: unique per
+    table in the database, so two schemas never share one (tests/integration/test_schema)."""
+    assert Settings.load(environ={}).lock_namespace is None
     given = Settings.load(environ={"FUTURECALLS_SCHEMA": "a", "FUTURECALLS_LOCK_NAMESPACE": "0x10"})
-    assert given.namespace == 16
+    assert given.lock_namespace == 16
