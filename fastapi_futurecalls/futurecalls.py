@@ -137,7 +137,9 @@ class FutureCalls:
             self._dispatcher = dispatcher
 
     async def stop(self) -> None:
-        """Stop claiming, wait up to ``shutdown_grace`` for running calls, disconnect."""
+        """Stop claiming, wait up to ``shutdown_grace`` for running calls (recording each as
+        it ends), disconnect: within ``shutdown_grace`` and two seconds, whatever the
+        database does."""
         dispatcher, self._dispatcher = self._dispatcher, None
         try:
             if dispatcher is not None:

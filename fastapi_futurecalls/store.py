@@ -41,6 +41,9 @@ CLIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.OutdatedSchemaCacheError,
 )
 
+# What closing a connection may meet: a silent peer, a dead one, a refusal.
+CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+
 # What a transaction-pooling proxy does to asyncpg's named prepared statements: they stay
 # on a server session after their client moved on, or are missing on the next one.
 POOLER_SYMPTOMS: tuple[type[BaseException], ...] = (
@@ -165,8 +168,13 @@ class Store:
             raise
         return store
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, within: float = 2.0) -> None:
+        """Close the pool gracefully, or, past ``within`` seconds (a connection that stopped
+        answering), drop its connections."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=within)
+        except CLOSE_ERRORS:
+            self._pool.terminate()
 
     async def backend_pid(self) -> int:
         """The server process that serves one of the pool's connections right now."""

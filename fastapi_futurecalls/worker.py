@@ -26,7 +26,15 @@ import asyncpg
 from .errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
 from .settings import Settings
 from .sql import channel, queries_for
-from .store import CONNECTION_ERRORS, POOLER_HINT, POOLER_SYMPTOMS, Store, connect, first_line
+from .store import (
+    CONNECTION_ERRORS,
+    POOLER_HINT,
+    POOLER_SYMPTOMS,
+    Store,
+    connect,
+    database_errors,
+    first_line,
+)
 
 logger = logging.getLogger("fastapi_futurecalls")
 
@@ -258,13 +266,14 @@ class WorkerConnection:
             raise self._lose(ConnectionError("the connection is closed"))
         try:
             async with asyncio.timeout(self._timeout()):
-                return await getattr(conn, method)(self._queries[name], *args)
-        except LOST as exc:
+                with database_errors(f"dispatcher statement {name}"):  # the store's mapping
+                    return await getattr(conn, method)(self._queries[name], *args)
+        except (TimeoutError, DatabaseUnavailableError) as exc:
             raise self._lose(exc) from exc
-        except asyncpg.PostgresError as exc:
+        except DatabaseError as exc:
             if conn.is_closed():  # the server ended the session (e.g. terminated)
                 raise self._lose(exc) from exc
-            raise DatabaseError(f"{name} failed: {first_line(exc)}") from exc
+            raise
 
     async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
         rows: list[asyncpg.Record] = await self._run("fetch", name, *args)
