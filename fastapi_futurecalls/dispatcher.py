@@ -387,7 +387,7 @@ class Dispatcher:
     def _log_sweep(self, sweep: Sweep) -> None:
         for call_id, name, state in sweep.changed:
             if state == "orphaned":
-                why = "parked as failed: no live worker runs this name (unknown_name_grace)"
+                why = "parked as failed: no live worker registers its name (unknown_name_grace)"
             elif state == "scheduled":
                 why = "rescheduled: its worker died while it ran"
             else:

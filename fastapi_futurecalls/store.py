@@ -147,6 +147,7 @@ class Store:
         self._schema = settings.schema
         # Schedule-once locks take the second key space (see docs/design.md).
         self._identifier_locks = settings.lock_namespace  # None: the table's oid
+        self._timeout = settings.statement_timeout
 
     @classmethod
     async def open(cls, settings: Settings) -> Store:
@@ -159,6 +160,9 @@ class Store:
                     timeout=settings.connect_timeout,
                     statement_cache_size=settings.statement_cache_size,
                     connection_class=_PoolConnection,
+                    # A pooled connection that stopped answering (half-open) fails its
+                    # statement after this long and is dropped on release, never reused.
+                    command_timeout=settings.statement_timeout,
                 )
         store = cls(pool, settings)
         try:
@@ -179,12 +183,14 @@ class Store:
     async def backend_pid(self) -> int:
         """The server process that serves one of the pool's connections right now."""
         with database_errors("checking the connection"):
-            pid: int = await self._pool.fetchval(self._queries["backend_pid"])
+            async with self._on(None) as pooled:
+                pid: int = await pooled.fetchval(self._queries["backend_pid"])
         return pid
 
     async def check_schema(self) -> None:
         with database_errors("checking the schema"):
-            present = await self._pool.fetchval(self._queries["check_schema"])
+            async with self._on(None) as pooled:
+                present = await pooled.fetchval(self._queries["check_schema"])
         if not present:
             where = "" if self._schema is None else f" in schema {self._schema!r}"
             env = "" if self._schema is None else f"FUTURECALLS_SCHEMA={self._schema} "
@@ -192,6 +198,16 @@ class Store:
                 f"the future_calls table does not exist{where}; run `{env}alembic upgrade "
                 "head` (see the README: Migrations)"
             )
+
+    @asynccontextmanager
+    async def _on(self, conn: Executor | None) -> AsyncIterator[Executor]:
+        """``conn``, or a pool connection whose acquiring and release (which waits for a
+        timed-out statement's cancellation) are bounded by ``statement_timeout``."""
+        if conn is not None:
+            yield conn
+            return
+        async with self._pool.acquire(timeout=self._timeout) as pooled:
+            yield pooled
 
     @asynccontextmanager
     async def _transaction(self, conn: Executor | None) -> AsyncIterator[Executor]:
@@ -212,7 +228,7 @@ class Store:
                 raise
             await savepoint.commit()
             return
-        async with self._pool.acquire() as pooled, pooled.transaction():
+        async with self._on(None) as pooled, pooled.transaction():
             yield pooled
 
     async def schedule(
@@ -226,9 +242,8 @@ class Store:
         arguments, identifier = row.arguments(), row.identifier
         with database_errors(f"scheduling {row.name!r}"):
             if if_exists == "add":
-                return int(
-                    await (conn or self._pool).fetchval(self._queries["schedule"], *arguments)
-                )
+                async with self._on(conn) as executor:
+                    return int(await executor.fetchval(self._queries["schedule"], *arguments))
             async with self._transaction(conn) as tx:
                 # Serialises schedule-once for this identifier until the transaction ends.
                 await tx.execute(
@@ -246,7 +261,8 @@ class Store:
         """Store ``rows`` in one statement; their ids, in order."""
         columns = [list(column) for column in zip(*(row.arguments() for row in rows), strict=True)]
         with database_errors(f"scheduling {len(rows)} calls"):
-            ids = await (conn or self._pool).fetchval(self._queries["schedule_many"], *columns)
+            async with self._on(conn) as executor:
+                ids = await executor.fetchval(self._queries["schedule_many"], *columns)
         return list(ids)
 
     async def schedule_recurring(
@@ -254,8 +270,8 @@ class Store:
     ) -> int:
         """Create or update the chain of ``row.identifier``, first due at ``row.at``."""
         with database_errors(f"scheduling recurring {row.name!r}"):
-            return int(
-                await (conn or self._pool).fetchval(
+            async with self._on(conn) as executor:
+                chain_id = await executor.fetchval(
                     self._queries["schedule_recurring"],
                     row.name,
                     row.payload,
@@ -267,7 +283,7 @@ class Store:
                     recurrence.every,
                     recurrence.timezone,
                 )
-            )
+        return int(chain_id)
 
     async def cancel(self, identifier: str, conn: Executor | None = None) -> int:
         """Two statements in one transaction: once the chain is locked, no slot of it can
@@ -282,17 +298,21 @@ class Store:
         self, identifier: str | None, name: str | None, state: str | None, limit: int
     ) -> list[asyncpg.Record]:
         with database_errors("listing future calls"):
-            return await self._pool.fetch(self._queries["list"], identifier, name, state, limit)
+            async with self._on(None) as pooled:
+                return await pooled.fetch(self._queries["list"], identifier, name, state, limit)
 
     async def get(self, call_id: int) -> asyncpg.Record | None:
         with database_errors(f"reading future call {call_id}"):
-            return await self._pool.fetchrow(self._queries["get"], call_id)
+            async with self._on(None) as pooled:
+                return await pooled.fetchrow(self._queries["get"], call_id)
 
     async def reschedule(self, call_id: int, at: datetime | None, delay: timedelta | None) -> bool:
         with database_errors(f"rescheduling future call {call_id}"):
-            row = await self._pool.fetchrow(self._queries["reschedule"], call_id, at, delay)
+            async with self._on(None) as pooled:
+                row = await pooled.fetchrow(self._queries["reschedule"], call_id, at, delay)
         return row is not None
 
     async def delete(self, call_id: int) -> bool:
         with database_errors(f"deleting future call {call_id}"):
-            return await self._pool.fetchval(self._queries["delete"], call_id) is not None
+            async with self._on(None) as pooled:
+                return await pooled.fetchval(self._queries["delete"], call_id) is not None

@@ -358,7 +358,7 @@ WITH live AS (
 ), orphaned AS (
     UPDATE future_calls AS c
     SET state = 'failed', finished_at = now(),
-        last_error = 'no live worker runs future calls named ' || quote_literal(c.name)
+        last_error = 'no live worker registers future calls named ' || quote_literal(c.name)
                      || ' (due for over ' || $3::float8::text || ' s: unknown_name_grace)'
     WHERE c.id = ANY (ARRAY(
         SELECT id FROM future_calls
