@@ -246,7 +246,8 @@ async def test_unknown_name_and_stale_payload_rows_are_parked_once(
         await asyncio.sleep(1)  # several more scans: nothing is logged or retried again
     parked = {r["name"]: r for r in await rows(db)}
     # No live worker runs 'removed': never claimed, parked by the sweep after the grace.
-    assert "no live worker registers future calls named 'removed'" in parked["removed"]["last_error"]
+    error = parked["removed"]["last_error"]
+    assert "no live worker registers future calls named 'removed'" in error
     assert parked["removed"]["attempts"] == 0
     assert "payload does not fit Recorder" in parked["record"]["last_error"]
     assert parked["record"]["attempts"] == 1
