@@ -156,20 +156,13 @@ class Dispatcher:
         self._announced = math.inf
         for number in await self._worker.retake_lost():
             await self._reconcile(number)
-        await self._release_adopted()
+        await self._release_idle_numbers()
         sweep = await self._worker.sweep()
         self._log_sweep(sweep)
-        self._worker_gone(sweep)
         if sweep.missing:  # come back when the first of them may be judged
             soon = max(self._settings.liveness_grace / 2, 0.2)
             self._tick_at = min(self._tick_at, self._loop.time() + soon)
         self._set_due(sweep.next_due_in)
-
-    def _worker_gone(self, sweep: Sweep) -> None:
-        """A lost number of ours that a sweep judged dead: its calls were swept."""
-        for number in self._worker.lost_numbers - set(sweep.missing):
-            if not any(c.owner == number for c in self._running.values()):
-                self._worker.forget_lost(number)
 
     async def _claim(self, free: int) -> int:
         """Claim and start up to ``free`` due calls; returns how many."""
@@ -377,10 +370,14 @@ class Dispatcher:
                 )
                 task.cancel()
 
-    async def _release_adopted(self) -> None:
+    async def _release_idle_numbers(self) -> None:
+        """Let go of earlier worker numbers that no running call or unrecorded outcome
+        of this process needs any more."""
         busy = {c.owner for c in self._running.values()} | {o.call.owner for o in self._outcomes}
         for number in self._worker.owners - busy - {self._worker.worker_id}:
             await self._worker.release(number)
+        for number in self._worker.lost_numbers - busy:
+            self._worker.forget_lost(number)
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -235,11 +235,16 @@ class WorkerConnection:
         return set(self._numbers.lost)
 
     async def close(self, within: float = 2.0) -> None:
+        """Say goodbye (the workers table forgets this number) and close, within
+        ``within`` seconds, else drop the connection."""
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return
         try:
-            await asyncio.wait_for(conn.close(), timeout=max(within, 0.01))
+            async with asyncio.timeout(max(within, 0.01)):
+                if self._numbers.current is not None:
+                    await conn.execute(self._queries["retire_worker"], self._numbers.current)
+                await conn.close()
         except LOST_OR_FAILED:
             conn.terminate()
 

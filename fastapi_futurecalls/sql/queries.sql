@@ -108,6 +108,10 @@ VALUES ($1, $2, $3, $4)
 ON CONFLICT (id) DO UPDATE
 SET names = EXCLUDED.names, host = EXCLUDED.host, pid = EXCLUDED.pid, missing_since = NULL;
 
+-- name: retire_worker
+-- A dispatcher stopping: its row goes (its lock goes with the connection, next).
+DELETE FROM future_calls_workers WHERE id = $1;
+
 -- name: table_namespace
 -- The table's oid as a signed 32-bit number: the first key of the workers' advisory
 -- locks, unique to this table in the database (locks are per database).

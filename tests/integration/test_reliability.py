@@ -277,3 +277,44 @@ async def test_notify_is_absolute_so_a_long_caller_transaction_does_not_delay_it
         await wait_for(lambda: recorder.calls, within=10)
     # Overdue at commit: it starts at once, not 2 s after the notification arrived.
     assert recorder.started[0] - committed < 1.5
+
+
+async def test_a_number_held_elsewhere_at_reconnect_is_adopted_once_it_can_be_taken(
+    make_futurecalls, db
+):
+    """The dispatcher's session ends while a call runs, and the worker number's lock is
+    taken by someone else before the worker reconnects: the worker goes on under a new
+    number, takes the old one back as soon as it is free, and records the call under it."""
+    fc = make_futurecalls(poll_interval=0.2, liveness_grace=30)
+    fc.register_future_call(Sleeper(), "sleep")
+    async with fc:
+        old = fc.worker_id
+        call_id = await fc.session().future_call_with_delay("sleep", Item(n=3), timedelta(0))
+        await wait_for(
+            lambda: db.fetchval("SELECT state = 'running' FROM future_calls WHERE id = $1", call_id)
+        )
+        namespace, pid = await db.fetchrow(
+            "SELECT classid::bigint::integer, pid FROM pg_locks WHERE locktype = 'advisory'"
+            " AND objsubid = 2 AND objid = $1",
+            old,
+        )
+        await db.execute("SELECT pg_terminate_backend($1)", pid)
+        await db.execute("SELECT pg_advisory_lock($1, $2)", namespace, old)  # waits for it
+        await wait_for(lambda: fc.worker_id not in (None, old), within=10)
+        await asyncio.sleep(1)
+        await db.execute("SELECT pg_advisory_unlock($1, $2)", namespace, old)
+        # The call ends under its old number, which the worker holds again by then.
+        await wait_for(
+            lambda: db.fetchval("SELECT count(*) = 0 FROM future_calls WHERE id = $1", call_id),
+            within=10,
+        )
+        # Nothing is left to record under it: the worker lets it go.
+        await wait_for(
+            lambda: db.fetchval(
+                "SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory'"
+                " AND objsubid = 2 AND objid = $1",
+                old,
+            ),
+            within=10,
+        )
+    assert await db.fetchval("SELECT count(*) FROM future_calls") == 0
