@@ -1,7 +1,8 @@
 """`make bench`: every system on the same PostgreSQL, in one run, side by side.
 
 Prints a table, writes bench/results/latest.json. Options: --quick (smaller N),
---systems a,b (default: all installed), --out PATH.
+--systems a,b (default: all installed), --phases a,b (default: all), --out PATH;
+the mvcc phase's steady state: --steady-systems, --steady-minutes, --steady-rate.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from bench import mvcc
 from bench.counter import CTX, Counter
 
 SYSTEMS = ["futurecalls", "pgqueuer", "procrastinate", "rawsql"]
+PHASES = ["idle", "drain", "schedule", "lateness", "scale", "mvcc", "steady"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -225,7 +228,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=110)
-    for name in dict.fromkeys(row["system"] for row in results["drain"]):
+    for name in dict.fromkeys(row["system"] for row in results.get("drain", [])):
         rows = [r for r in results["drain"] if r["system"] == name and r["calls_per_s"]]
         axes.plot(
             [r["workers"] for r in rows], [r["calls_per_s"] for r in rows], marker="o", label=name
@@ -249,22 +252,22 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def report(results: dict[str, Any]) -> str:
     lines = [f"# bench {results['when']} on {results['machine']}", "", "drain (calls/s)"]
-    for row in results["drain"]:
+    for row in results.get("drain", []):
         lines.append(
             f"  {row['system']:22} W={row['workers']}  {_fmt(row['calls_per_s']):>9}"
             f"  duplicates {row['duplicates']}  missing {row['missing']}"
         )
     lines.append("schedule (calls/s)")
-    for row in results["schedule"]:
+    for row in results.get("schedule", []):
         lines.append(f"  {row['system']:22} {row['mode']:30} {_fmt(row['calls_per_s']):>9}")
     lines.append("lateness past due (ms)")
-    for row in results["lateness"]:
+    for row in results.get("lateness", []):
         lines.append(
             f"  {row['system']:22} +{row['ahead_ms']:.0f} ms  p50 {_fmt(row['p50_ms'], 1):>7}"
             f"  p99 {_fmt(row['p99_ms'], 1):>7}  max {_fmt(row['max_ms'], 1):>7}"
         )
     lines.append("idle cost (transactions/s, 4 workers)")
-    for row in results["idle"]:
+    for row in results.get("idle", []):
         lines.append(f"  {row['system']:22} {row['tps']:.2f}")
     if results.get("scale"):
         sc = results["scale"]
@@ -274,7 +277,55 @@ def report(results: dict[str, Any]) -> str:
             f"{_fmt(sc['drain_loaded_calls_per_s'])} calls/s; cancel by identifier "
             f"p50 {sc['cancel_empty_ms']:.2f} ms empty, {sc['cancel_loaded_ms']:.2f} ms loaded"
         )
+    for row in results.get("mvcc", []):
+        if row is results["mvcc"][0]:
+            lines.append("mvcc: drain per round (calls/s), held = a transaction open all along")
+        held = "held" if row["held_transaction"] else "free"
+        lines.append(
+            f"  {row['system']:22} W={row['workers']} {held}: "
+            + " ".join(_fmt(rate) for rate in row["rates"])
+            + f"  last/first {_fmt(row['last_over_first'], 2)}  duplicates {row['duplicates']}"
+            f"  missing {row['missing']}"
+        )
+    for row in results.get("steady", []):
+        idle_free, idle_held = row["idle_free"], row["idle_held"]
+        lines.append(
+            f"steady ({row['system']}): idle lateness p50/p99 {_fmt(idle_free['p50_ms'], 1)}/"
+            f"{_fmt(idle_free['p99_ms'], 1)} ms free, {_fmt(idle_held['p50_ms'], 1)}/"
+            f"{_fmt(idle_held['p99_ms'], 1)} ms held after {row['warm_up_calls']:,} calls; "
+            f"{row['rate']}/s held, p99 per minute (ms): "
+            + " ".join(_fmt(m["p99_ms"], 1) for m in row["per_minute"])
+        )
     return "\n".join(lines)
+
+
+def mvcc_chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    rows = results["mvcc"]
+    figure, panes = pyplot.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
+    for pane, workers in zip(panes, (2, 4), strict=True):
+        for row in (r for r in rows if r["workers"] == workers):
+            rates = [rate or 0 for rate in row["rates"]]
+            pane.plot(
+                range(1, len(rates) + 1),
+                rates,
+                marker="o",
+                linestyle="-" if row["held_transaction"] else ":",
+                label=f"{row['system']} ({'held' if row['held_transaction'] else 'free'})",
+            )
+        pane.set(
+            xlabel="round", title=f"W = {workers}: {rows[0]['calls_per_round']:,} calls a round"
+        )
+        pane.grid(True, alpha=0.3)
+    panes[0].set(ylabel="calls/s", yscale="log")
+    panes[1].legend(fontsize=7)
+    figure.suptitle("Drain per round, with (solid) and without (dotted) a held transaction")
+    figure.tight_layout()
+    figure.savefig(path)
 
 
 def main() -> None:
@@ -282,7 +333,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N=5,000 instead of 20,000")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--steady-systems", default="futurecalls")
+    parser.add_argument("--steady-minutes", type=float, default=None, help="10, quick 1")
+    parser.add_argument("--steady-rate", type=int, default=3000)
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
     admin = os.environ.get("DATABASE_URL")
     if not admin:
         sys.exit("DATABASE_URL is not set (make bench sets it)")
@@ -296,16 +352,30 @@ def main() -> None:
         "calls": n,
     }
     # Idle first: later phases leave autovacuum work whose transactions would count.
-    results["idle"] = idle(systems, dsn, 10 if args.quick else 30)
-    results["drain"] = drain(systems, dsn, n)
-    results["schedule"] = schedule(systems, dsn, 5_000 if args.quick else 10_000)
-    results["lateness"] = lateness(systems, dsn, 200)
-    if "futurecalls" in systems:
+    if "idle" in phases:
+        results["idle"] = idle(systems, dsn, 10 if args.quick else 30)
+    if "drain" in phases:
+        results["drain"] = drain(systems, dsn, n)
+    if "schedule" in phases:
+        results["schedule"] = schedule(systems, dsn, 5_000 if args.quick else 10_000)
+    if "lateness" in phases:
+        results["lateness"] = lateness(systems, dsn, 200)
+    if "scale" in phases and "futurecalls" in systems:
         results["scale"] = scale(systems, dsn, n, 100_000 if args.quick else 1_000_000)
+    if "mvcc" in phases:
+        results["mvcc"] = mvcc.rounds(systems, dsn, n, 4 if args.quick else 8)
+    if "steady" in phases:
+        chosen = {k: v for k, v in systems.items() if k in args.steady_systems.split(",")}
+        minutes = args.steady_minutes or (1.0 if args.quick else 10.0)
+        warm_up = 50_000 if args.quick else 200_000
+        results["steady"] = mvcc.steady(chosen, dsn, args.steady_rate, minutes, warm_up)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     with contextlib.suppress(ImportError):
-        chart(results, args.out.with_suffix(".png"))
+        if results.get("drain"):
+            chart(results, args.out.with_suffix(".png"))
+        if results.get("mvcc"):
+            mvcc_chart(results, args.out.with_name(args.out.stem + "-mvcc.png"))
     print(report(results))
 
 

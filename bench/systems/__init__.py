@@ -37,3 +37,17 @@ async def one_at_a_time(
     started = time.perf_counter()
     await asyncio.gather(*(share(k) for k in range(coroutines)))
     return time.perf_counter() - started
+
+
+async def paced(
+    first: int, rate: int, seconds: int, batch: Callable[[int, int], Awaitable[Any]]
+) -> None:
+    """Call ``batch(start, size)`` ten times a second, ``rate / 10`` calls each, for
+    ``seconds``, on a fixed schedule (a slow batch is caught up, never skipped)."""
+    size = max(1, rate // 10)
+    started = time.perf_counter()
+    for tick in range(seconds * 10):
+        await batch(first + tick * size, size)
+        pause = started + (tick + 1) / 10 - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from bench.counter import Counter
-from bench.systems import execute, one_at_a_time
+from bench.systems import execute, one_at_a_time, paced
 from fastapi_futurecalls import FutureCall, FutureCalls, PlannedCall, Session
 
 NAME = "fastapi-futurecalls"
@@ -60,6 +60,29 @@ async def enqueue_due(dsn: str, n: int) -> None:
             n,
         ),
     )
+
+
+async def enqueue_round(dsn: str, first: int, n: int) -> None:
+    """Calls first..first+n-1, due now, through the batch API (the mvcc phase)."""
+    async with futurecalls(dsn, execution_enabled=False) as fc:
+        await fc.session().future_calls_batch(
+            [PlannedCall("hit", Job(i=i)) for i in range(first, first + n)]
+        )
+
+
+async def schedule_steady(dsn: str, first: int, rate: int, seconds: int) -> None:
+    """Calls first, first+1, ... due at once, ``rate`` a second for ``seconds``, in ten
+    batches a second, each carrying the time it was scheduled (for lateness)."""
+    async with futurecalls(dsn, execution_enabled=False) as fc:
+        session = fc.session()
+
+        async def batch(start: int, size: int) -> None:
+            now = time.time()
+            await session.future_calls_batch(
+                [PlannedCall("hit", Job(i=i, due=now)) for i in range(start, start + size)]
+            )
+
+        await paced(first, rate, seconds, batch)
 
 
 def worker(

@@ -19,7 +19,7 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, AsyncpgPoolDriver, Job, Queries, QueueManager
 
 from bench.counter import Counter
-from bench.systems import one_at_a_time
+from bench.systems import one_at_a_time, paced
 
 NAME = "pgqueuer"
 ENTRYPOINT = "hit"
@@ -46,6 +46,36 @@ async def enqueue_due(dsn: str, n: int) -> None:
         await Queries(AsyncpgDriver(conn)).enqueue(
             [ENTRYPOINT] * n, [payload(i) for i in range(n)], [0] * n
         )
+    finally:
+        await conn.close()
+
+
+async def enqueue_round(dsn: str, first: int, n: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await Queries(AsyncpgDriver(conn)).enqueue(
+            [ENTRYPOINT] * n, [payload(i) for i in range(first, first + n)], [0] * n
+        )
+    finally:
+        await conn.close()
+
+
+async def schedule_steady(dsn: str, first: int, rate: int, seconds: int) -> None:
+    """Calls first, first+1, ... due at once, ``rate`` a second for ``seconds``, in ten
+    batches a second, each carrying the time it was scheduled (for lateness)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        queries = Queries(AsyncpgDriver(conn))
+
+        async def batch(start: int, size: int) -> None:
+            now = time.time()
+            await queries.enqueue(
+                [ENTRYPOINT] * size,
+                [payload(i, now) for i in range(start, start + size)],
+                [0] * size,
+            )
+
+        await paced(first, rate, seconds, batch)
     finally:
         await conn.close()
 

@@ -20,7 +20,7 @@ from procrastinate import App, PsycopgConnector
 from procrastinate.types import JSONDict
 
 from bench.counter import Counter
-from bench.systems import one_at_a_time
+from bench.systems import one_at_a_time, paced
 
 NAME = "procrastinate"
 
@@ -66,6 +66,26 @@ async def enqueue_due(dsn: str, n: int) -> None:
     async with app(dsn).open_async() as application:
         jobs: list[JSONDict] = [{"i": i} for i in range(n)]
         await application.tasks["hit"].batch_defer_async(*jobs)
+
+
+async def enqueue_round(dsn: str, first: int, n: int) -> None:
+    async with app(dsn).open_async() as application:
+        jobs: list[JSONDict] = [{"i": i} for i in range(first, first + n)]
+        await application.tasks["hit"].batch_defer_async(*jobs)
+
+
+async def schedule_steady(dsn: str, first: int, rate: int, seconds: int) -> None:
+    """Calls first, first+1, ... due at once, ``rate`` a second for ``seconds``, in ten
+    batches a second, each carrying the time it was scheduled (for lateness)."""
+    async with app(dsn).open_async() as application:
+        hit = application.tasks["hit"]
+
+        async def batch(start: int, size: int) -> None:
+            now = time.time()
+            jobs: list[JSONDict] = [{"i": i, "due": now} for i in range(start, start + size)]
+            await hit.batch_defer_async(*jobs)
+
+        await paced(first, rate, seconds, batch)
 
 
 def worker(

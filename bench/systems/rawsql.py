@@ -1,4 +1,11 @@
-"""The ceiling: plain SQL on the same PostgreSQL, no library at all."""
+"""The ceiling: plain SQL on the same PostgreSQL, no library at all.
+
+The claim deletes the oldest due rows, with its index scan starting at a remembered
+frontier (the earliest due time of the worker's last batch) instead of at the head of
+the index, which dead entries crowd while a long transaction holds back vacuum. It
+ignores all that makes a scheduler hard (calls scheduled behind the frontier, retries,
+several kinds of work): a ceiling, not a design.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +13,22 @@ import asyncio
 import json
 import multiprocessing.synchronize
 import time
+from datetime import UTC, datetime
 
 import asyncpg
 
 from bench.counter import Counter
-from bench.systems import execute, one_at_a_time
+from bench.systems import execute, one_at_a_time, paced
 
 NAME = "raw SQL"
 
 CLAIM = """
 DELETE FROM raw_jobs WHERE id IN (
-    SELECT id FROM raw_jobs WHERE due_at <= now() ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED
-) RETURNING id, payload
+    SELECT id FROM raw_jobs WHERE due_at <= now() AND due_at >= $2
+    ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED
+) RETURNING id, payload, due_at
 """
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
 
 
 async def setup(dsn: str) -> None:
@@ -41,18 +51,53 @@ async def enqueue_due(dsn: str, n: int) -> None:
     )
 
 
+async def enqueue_round(dsn: str, first: int, n: int) -> None:
+    await execute(
+        dsn,
+        (
+            "INSERT INTO raw_jobs (due_at, payload) SELECT now(), json_build_object('i', i) "
+            f"FROM generate_series({int(first)}, {int(first)} + $1 - 1) AS i",
+            n,
+        ),
+    )
+
+
+async def schedule_steady(dsn: str, first: int, rate: int, seconds: int) -> None:
+    """Calls first, first+1, ... due at once, ``rate`` a second for ``seconds``, in ten
+    batches a second, each carrying the time it was scheduled (for lateness)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+
+        async def batch(start: int, size: int) -> None:
+            await conn.execute(
+                "INSERT INTO raw_jobs (due_at, payload) SELECT now(), json_build_object("
+                "'i', i, 'due', extract(epoch FROM clock_timestamp()))"
+                " FROM generate_series($1::bigint, $1::bigint + $2 - 1) AS i",
+                start,
+                size,
+            )
+
+        await paced(first, rate, seconds, batch)
+    finally:
+        await conn.close()
+
+
 def worker(
     dsn: str, concurrency: int, counter: Counter, stop: multiprocessing.synchronize.Event
 ) -> None:
     async def run() -> None:
         conn = await asyncpg.connect(dsn)
+        frontier = EARLIEST
         try:
             while not stop.is_set():
-                rows = await conn.fetch(CLAIM, concurrency)
+                rows = await conn.fetch(CLAIM, concurrency, frontier)
                 if not rows:
                     await asyncio.sleep(0.01)
+                else:
+                    frontier = min(row["due_at"] for row in rows)
                 for row in rows:
-                    counter.hit(int(json.loads(row["payload"])["i"]))
+                    data = json.loads(row["payload"])
+                    counter.hit(int(data["i"]), float(data.get("due", 0.0)))
         finally:
             await conn.close()
 

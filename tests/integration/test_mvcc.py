@@ -1,0 +1,97 @@
+"""Under a transaction held open all along (vacuum cannot remove the dead rows of finished
+calls), calls still run once and in due order, including calls scheduled behind what the
+dispatcher already claimed and rows that arrive without a notification; cancel,
+schedule-once and inspection keep working."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from fastapi_futurecalls import FutureCall, PlannedCall, Session
+from tests.support import Item, wait_for
+
+
+class Ordered(FutureCall[Item]):
+    def __init__(self) -> None:
+        self.ran: list[int] = []
+
+    async def invoke(self, session: Session, object: Item | None) -> None:
+        assert object is not None
+        self.ran.append(object.n)
+
+
+@pytest.fixture
+async def held(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A REPEATABLE READ transaction that took an xid, open for the whole test."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    await conn.fetchval("SELECT txid_current()")
+    yield conn
+    await conn.execute("ROLLBACK")
+    await conn.close()
+
+
+async def test_under_a_held_transaction_calls_run_once_in_due_order(make_futurecalls, db, held):
+    web = make_futurecalls(execution_enabled=False)
+    web.register_future_call(Ordered(), "ordered")
+    ordered = Ordered()
+    worker = make_futurecalls(poll_interval=0.5, concurrency_limit=1)
+    worker.register_future_call(ordered, "ordered")
+    base = datetime.now(UTC) - timedelta(hours=1)
+    async with web:
+        session = web.session()
+        # Round 1, inserted out of order, due an hour ago and later: run in due order.
+        await session.future_calls_batch(
+            [PlannedCall("ordered", Item(n=n), at=base + timedelta(seconds=n)) for n in range(300)][
+                ::-1
+            ]
+        )
+        async with worker:
+            await wait_for(lambda: len(ordered.ran) == 300, within=30)
+            assert ordered.ran == list(range(300))
+            # Round 2: due before everything round 1 claimed (scheduled in the past).
+            await session.future_calls_batch(
+                [
+                    PlannedCall("ordered", Item(n=-1000 + n), at=base - timedelta(minutes=5 - n))
+                    for n in range(3)
+                ]
+            )
+            await wait_for(lambda: len(ordered.ran) == 303, within=10)
+            assert ordered.ran[300:] == [-1000, -999, -998]
+            # Round 3: a row that arrives without any notification, due long ago.
+            await db.execute(
+                "INSERT INTO future_calls (name, payload, due_at)"
+                " VALUES ('ordered', '{\"n\": -5000}', now() - interval '1 day')"
+            )
+            began = time.monotonic()
+            await wait_for(lambda: -5000 in ordered.ran, within=10)
+            assert time.monotonic() - began < 10  # found by the periodic full scan
+            # Schedule-once, cancel and inspection, while the dead rows pile up.
+            first = await session.future_call_with_delay(
+                "ordered", Item(n=1), timedelta(hours=1), "once", if_exists="skip"
+            )
+            again = await session.future_call_with_delay(
+                "ordered", Item(n=2), timedelta(hours=1), "once", if_exists="skip"
+            )
+            assert first == again
+            replaced = await session.future_call_with_delay(
+                "ordered", Item(n=3), timedelta(hours=2), "once", if_exists="replace"
+            )
+            listed = await session.list_future_calls(identifier="once")
+            assert [r.id for r in listed] == [replaced] and listed[0].payload == Item(n=3)
+            assert await session.cancel_future_call("once") == 1
+            assert await session.list_future_calls(identifier="once") == []
+            await asyncio.sleep(1)  # more turns: nothing runs again
+    assert len(ordered.ran) == len(set(ordered.ran)) == 304
+    assert await db.fetchval("SELECT count(*) FROM future_calls") == 0
+    # The transaction was held all along (its xmin kept every dead row unvacuumable).
+    state, xmin = await db.fetchrow(
+        "SELECT state, backend_xmin FROM pg_stat_activity WHERE pid = $1", held.get_server_pid()
+    )
+    assert state == "idle in transaction" and xmin is not None
