@@ -4,6 +4,7 @@ failover tests.
     pair = ReplicaPair.create()          # initdb, start, pg_basebackup -R, start standby
     dsn = pair.dsn_multi_host("db")      # both hosts, target_session_attrs=read-write
     pair.wait_caught_up()                # the standby has replayed all the primary wrote
+    pair.restart_primary()               # an in-place restart of the node taking writes
     pair.stop_primary()                  # fast (clean) or immediate (a crash)
     pair.promote()                       # the standby takes writes: dsn now lands there
     pair.destroy()
@@ -123,6 +124,15 @@ class ReplicaPair:
         """``fast``: a clean shutdown (the standby receives all WAL up to the shutdown
         checkpoint); ``immediate``: a crash, like a lost machine."""
         devdb._stop(self.primary.cluster, devdb._bindir(), mode)
+
+    def restart_primary(self, mode: devdb.StopMode = "fast") -> None:
+        """Stop the node that takes writes now (the standby once promoted) and start it
+        again on the same port: an in-place restart. A standby that was streaming from it
+        reconnects by itself (wal_retrieve_retry_interval)."""
+        node = self.standby if self.promoted else self.primary
+        bindir = devdb._bindir()
+        devdb._stop(node.cluster, bindir, mode)
+        devdb._start(node.cluster, bindir, same_port=True)
 
     def promote(self, timeout: float = 60) -> None:
         """``pg_ctl promote -w``: returns once the standby accepts writes."""

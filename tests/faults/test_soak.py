@@ -1,6 +1,9 @@
-"""The soak: 4 workers, 10,000 calls due over 30 s, a worker killed every few seconds and
-PostgreSQL restarted once. Every call is accounted for afterwards. The figures of each run
-go to .soak/soak-<policy>.json (docs/reliability.md quotes them)."""
+"""The soak: 4 workers, 10,000 calls due over 30 s, on a primary with a streaming standby
+(tests/replica.py), the workers and the scheduler on the multi-host DSN. Meanwhile a
+worker is killed every few seconds, one dispatcher connection is ended (a blip), the
+primary is restarted in place once, and later it is stopped and the standby promoted (a
+failover). Every call is accounted for afterwards. The figures of each run go to
+.soak/soak-<policy>.json (docs/reliability.md quotes them)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +23,7 @@ import pytest
 from fastapi_futurecalls import FutureCalls
 from tests.apps.worker_app import Job, Record, Retried
 from tests.conftest import ROOT
-from tests.faults.conftest import Cluster
+from tests.faults.conftest import Replicated
 from tests.processes import Uvicorn
 from tests.support import RunLog, wait_for
 
@@ -27,6 +31,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.soak]
 CALLS = 10_000
 SPREAD = 30.0  # seconds over which the calls fall due
 KILL_EVERY = 3.0
+# When each one-off fault comes, in seconds since the calls were scheduled (each after
+# that round's kill): all three while calls are falling due.
+BLIP_AT = 6.0
+RESTART_AT = 12.0
+FAILOVER_AT = 20.0
+OUTAGE = 1.0  # seconds between the primary's stop and the promotion
+STARTED = re.compile(r"Started server process \[(\d+)\]")
+STARTUP_COMPLETE = "Application startup complete."
+
+# The dispatchers' session advisory locks (objsubid = 2: the two-key form; objid = the
+# worker number), those of dispatchers with running calls first.
+DISPATCHERS = """
+SELECT l.pid, l.objid::bigint AS owner,
+       EXISTS (SELECT 1 FROM future_calls AS c
+               WHERE c.owner = l.objid::bigint AND c.state = 'running') AS busy
+FROM pg_locks AS l
+WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.pid <> pg_backend_pid()
+ORDER BY busy DESC, owner
+"""
 
 
 async def schedule_spread(dsn: str, name: str) -> None:
@@ -45,34 +70,106 @@ async def schedule_spread(dsn: str, name: str) -> None:
         await asyncio.gather(*(schedule(k) for k in range(20)))
 
 
+async def blip(dsn: str, rng: random.Random) -> tuple[int, int] | None:
+    """pg_terminate_backend of one dispatcher's connection (a busy one if any); returns
+    (owner, backend pid), or None when there was none to end."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        rows = await conn.fetch(DISPATCHERS)
+        busy = [r for r in rows if r["busy"]] or rows
+        if not busy:
+            return None
+        row = rng.choice(busy)
+        if not await conn.fetchval("SELECT pg_terminate_backend($1, 5000)", row["pid"]):
+            return None  # gone meanwhile (a kill): try again next round
+        return row["owner"], row["pid"]
+    finally:
+        await conn.close()
+
+
 @pytest.mark.parametrize("policy", ["at-most-once", "retries"])
 async def test_soak(
-    policy: str, fault_dsn: str, cluster: Cluster, serve: Callable[..., Uvicorn], runlog: RunLog
-):
+    policy: str, replica_pair: Replicated, serve: Callable[..., Uvicorn], runlog: RunLog
+) -> None:
     name = "record" if policy == "at-most-once" else "retried"
+    pair = replica_pair.pair
+    dsn = replica_pair.dsn  # both hosts, target_session_attrs=read-write
     server = serve(
         4,
-        fault_dsn,
+        replica_pair.primary_dsn,  # DATABASE_URL, for the app's (unused) SQLAlchemy engine
+        FUTURECALLS_DSN=dsn,
         FUTURECALLS_POLL_INTERVAL="1",
         FUTURECALLS_SHUTDOWN_GRACE="2",
         FUTURECALLS_LIVENESS_GRACE="3",
     )
-    await schedule_spread(fault_dsn, name)
-    kills = restarts = 0
+    await schedule_spread(dsn, name)
+    kills = restarts = blips = failovers = 0
+    events: list[str] = []
     started = time.monotonic()
     rng = random.Random(1234)
-    while time.monotonic() - started < SPREAD + 4:
+
+    def elapsed() -> float:
+        return time.monotonic() - started
+
+    def workers() -> set[int]:
+        """The live uvicorn workers (not multiprocessing's resource tracker, also a child
+        of the parent)."""
+        return set(server.worker_pids()) & set(map(int, STARTED.findall(server.output(tail=None))))
+
+    def all_started() -> bool:
+        out = server.output(tail=None)
+        return len(workers()) == 4 and out.count(STARTUP_COMPLETE) == len(STARTED.findall(out))
+
+    async def replaced() -> None:
+        """Until the killed workers' replacements have finished their startup: one that
+        starts while the database is down fails its lifespan (FutureCalls.start raises
+        DatabaseUnavailableError, as documented), and uvicorn then stops every worker."""
+        await wait_for(all_started, within=60, what="the killed workers' replacements to start")
+
+    # Kill only workers seen a round earlier: one killed in its startup would never log
+    # its startup's end.
+    known = workers()
+
+    while elapsed() < SPREAD + 4 or kills < 10:
         await asyncio.sleep(KILL_EVERY)
-        pids = server.worker_pids()
-        assert pids, "uvicorn has no workers left"
-        os.kill(rng.choice(pids), signal.SIGKILL)  # uvicorn starts a new worker
+        live = workers()
+        assert live, f"uvicorn has no workers left; faults: {events}\n{server.output()}"
+        os.kill(rng.choice(sorted(live & known or live)), signal.SIGKILL)  # uvicorn replaces it
         kills += 1
-        if restarts == 0 and time.monotonic() - started > SPREAD / 2:
-            cluster.restart()
+        known = live
+        if blips == 0 and elapsed() > BLIP_AT:
+            if (ended := await blip(replica_pair.writable_dsn, rng)) is not None:
+                blips += 1
+                events.append(f"{elapsed():.1f}s blip of worker {ended[0]} (backend {ended[1]})")
+        elif restarts == 0 and elapsed() > RESTART_AT:
+            await replaced()
+            pair.restart_primary("fast")
             restarts += 1
+            events.append(f"{elapsed():.1f}s primary restarted")
+        elif failovers == 0 and restarts == 1 and elapsed() > FAILOVER_AT:
+            # Replication is asynchronous, as with most managed failovers: a commit is
+            # acknowledged once the primary has it, before the standby does. Had the
+            # primary been lost at that point (a crash, stop "immediate", a dead
+            # machine), the last moments of writes could be missing on the promoted
+            # standby: a call acknowledged as scheduled is lost; a lost claim puts the
+            # call back in line and it runs a second time (under at most once too); a
+            # lost outcome leaves the call running, so the sweep parks it as
+            # interrupted or, with retries, runs it again. Synchronous replication
+            # (synchronous_standby_names, synchronous_commit = on or remote_apply)
+            # closes that window. Here the standby has caught up and the stop is clean
+            # ("fast": the primary sends all its WAL, up to the shutdown checkpoint, to
+            # a connected standby before it exits), so the soak expects zero loss.
+            await replaced()
+            pair.wait_caught_up()
+            stopped = time.monotonic()
+            pair.stop_primary("fast")
+            await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - stopped)))
+            pair.promote()
+            failovers += 1
+            events.append(f"{elapsed():.1f}s failover: primary stopped, standby promoted")
 
     async def settled() -> bool:
-        conn = await asyncpg.connect(fault_dsn)
+        conn = await asyncpg.connect(dsn, timeout=10)
         try:
             return bool(
                 await conn.fetchval(
@@ -82,10 +179,15 @@ async def test_soak(
         finally:
             await conn.close()
 
-    await wait_for(settled, within=120, what="every call to complete or be parked")
-    assert server.stop() == 0
-    conn = await asyncpg.connect(fault_dsn)
     try:
+        await wait_for(settled, within=120, what="every call to complete or be parked")
+    except AssertionError as exc:
+        exc.add_note(f"faults: {events}\n{server.output()}")
+        raise
+    assert server.stop() == 0
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        assert await conn.fetchval("SELECT inet_server_port()") == pair.standby.port
         parked = await conn.fetch("SELECT (payload->>'n')::int AS n, state FROM future_calls")
     finally:
         await conn.close()
@@ -96,6 +198,8 @@ async def test_soak(
         "calls": CALLS,
         "kills": kills,
         "database_restarts": restarts,
+        "blips": blips,
+        "failovers": failovers,
         "completed": len(runs),
         "parked": len(parked),
         "parked_states": sorted({r["state"] for r in parked}),
@@ -110,15 +214,19 @@ async def test_soak(
     out = ROOT / ".soak" / f"soak-{policy}.json"  # not tracked: every make test rewrites it
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"soak {policy}: {json.dumps(figures)}; faults: {events}")  # shown with -s
 
-    assert set(runs) | parked_calls == set(range(CALLS)), "a call was lost"
+    assert set(runs) | parked_calls == set(range(CALLS)), (
+        f"a call was lost: {sorted(set(range(CALLS)) - set(runs) - parked_calls)[:20]}; "
+        f"faults: {events}"
+    )
     # Each kill can cut off at most the outcomes one worker had not yet written.
     unrecorded_bound = kills * 10
     if policy == "at-most-once":
-        assert figures["duplicates"] == 0, "a call ran twice"
+        assert figures["duplicates"] == 0, f"a call ran twice; faults: {events}"
         assert figures["parked_states"] in ([], ["interrupted"])
         assert figures["completed_but_unrecorded"] <= unrecorded_bound
     else:
         assert figures["parked"] == 0 and figures["completed"] == CALLS
         assert figures["duplicates"] <= unrecorded_bound
-    assert kills >= 10 and restarts == 1
+    assert kills >= 10 and restarts == 1 and blips == 1 and failovers == 1, events
