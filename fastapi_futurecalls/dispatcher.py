@@ -13,7 +13,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .calls import Registry
@@ -61,6 +61,12 @@ class Dispatcher:
         self._tick_at = 0.0
         # Earliest due time announced by NOTIFY while a claim was in flight.
         self._announced = math.inf
+        # Where the next claim's index scan starts (the earliest due time of the last
+        # batch, lowered by notifications of calls due before it), or None: from the
+        # start of the index, as every tick does. And the earliest due time (database
+        # epoch seconds) notified since the last claim began.
+        self._frontier: datetime | None = None
+        self._notified = math.inf
         # How far ahead counts as due: zero, but for testing.run_due's time travel.
         self._horizon = timedelta(0)
         # Whether a recurring chain may have a due slot to turn into a call.
@@ -154,6 +160,7 @@ class Dispatcher:
         poll = self._settings.poll_interval * random.uniform(0.9, 1.1)
         self._tick_at = self._loop.time() + poll
         self._announced = math.inf
+        self._frontier = None  # the next claim scans from the start: the safety net
         for number in await self._worker.retake_lost():
             await self._reconcile(number)
         await self._release_idle_numbers()
@@ -167,6 +174,7 @@ class Dispatcher:
     async def _claim(self, free: int) -> int:
         """Claim and start up to ``free`` due calls; returns how many."""
         self._announced = math.inf
+        self._notified = math.inf
         owner = self._worker.worker_id
         assert owner is not None
         tried, moved = self._chains_due, 0
@@ -178,9 +186,12 @@ class Dispatcher:
             moved += chains  # every due slot is a one-off call now, claimed in due order
         if tried and not moved:
             self._chains_due = False  # none due, or held by another worker: the tail tells
+        if moved:
+            self._frontier = None  # a chain's slot may lie behind it
         *rows, tail = await self._record(owner, free)
         if tail["chain_due"] is not None:  # None: a full turn, which did not look
             self._chains_due = tail["chain_due"]
+        self._advance_frontier(tail["frontier"])
         calls = sorted(
             (
                 ClaimedCall(
@@ -222,7 +233,13 @@ class Dispatcher:
         self._outcomes = [o for o in self._outcomes if o.call.owner != owner]
         try:
             rows = await self._worker.fetch(
-                "claim", free, owner, self._horizon, *_columns(mine), self._names
+                "claim",
+                free,
+                owner,
+                self._horizon,
+                *_columns(mine),
+                self._names,
+                self._frontier if free else None,
             )
         except DatabaseUnavailableError:
             self._outcomes[:0] = mine  # recording is idempotent: retry them
@@ -245,7 +262,7 @@ class Dispatcher:
             for attempt in (outcome, fallback):
                 try:
                     await self._worker.fetch(
-                        "claim", 0, owner, self._horizon, *_columns([attempt]), self._names
+                        "claim", 0, owner, self._horizon, *_columns([attempt]), self._names, None
                     )
                 except DatabaseUnavailableError:
                     self._outcomes[:0] = outcomes[index:]
@@ -338,6 +355,7 @@ class Dispatcher:
                 await self._reconcile(number)
         self._tick_at = 0.0  # sweep and rescan at once: notifications may have been missed
         self._chains_due = True
+        self._frontier = None
 
     async def _reconcile(self, number: int) -> None:
         """After taking ``number`` back, make the table and this process agree: rows
@@ -401,8 +419,25 @@ class Dispatcher:
         due = math.inf if seconds is None else self._loop.time() + max(seconds, 0.0)
         self._due_at = min(due, self._announced)
 
-    def _announce(self, due: float) -> None:
-        """A NOTIFY (or a dropped connection): something may be due at loop time ``due``."""
+    def _advance_frontier(self, earliest: datetime | None) -> None:
+        """After a claim: start the next one at ``earliest`` (the batch's earliest due
+        time; None: it claimed nothing, the frontier stays), but not past a call notified
+        meanwhile."""
+        if earliest is None:
+            return
+        if self._notified < math.inf:
+            notified = _before(self._notified)
+            self._frontier = None if notified is None else min(earliest, notified)
+            return
+        self._frontier = earliest
+
+    def _announce(self, due: float, db_epoch: float | None = None) -> None:
+        """A NOTIFY (or a dropped connection): something may be due at loop time ``due``
+        (``db_epoch`` by the database clock, when a notification said so)."""
+        if db_epoch is not None:
+            self._notified = min(self._notified, db_epoch)
+            if self._frontier is not None and db_epoch - 0.001 < self._frontier.timestamp():
+                self._frontier = _before(db_epoch)
         self._announced = min(self._announced, due)
         if due < self._due_at:
             self._due_at = due
@@ -412,6 +447,7 @@ class Dispatcher:
         call = self._running.pop(task)
         if task.cancelled():  # before its first step: it never ran, so back in line
             outcome = Outcome(call, "released")
+            self._frontier = None  # its due time is behind the frontier
         elif (exc := task.exception()) is not None:
             logger.error(
                 "future call %r (id %d) crashed the runner",
@@ -425,6 +461,15 @@ class Dispatcher:
             outcome = task.result()
         self._outcomes.append(outcome)
         self._wake.set()
+
+
+def _before(db_epoch: float) -> datetime | None:
+    """A frontier a millisecond before ``db_epoch`` (epoch seconds are floats); None (scan
+    from the start) for a time no datetime holds."""
+    try:
+        return datetime.fromtimestamp(db_epoch - 0.001, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _columns(outcomes: list[Outcome]) -> tuple[list[Any], ...]:

@@ -82,7 +82,7 @@ class WorkerConnection:
         settings: Settings,
         store: Store,
         names: Sequence[str],
-        on_due: Callable[[float], None],
+        on_due: Callable[[float, float | None], None],
     ) -> None:
         self._settings = settings
         self._store = store
@@ -353,10 +353,13 @@ class WorkerConnection:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            due = self.loop_time(float(str(payload)))
+            epoch = float(str(payload))
         except ValueError:
-            due = math.nan
-        self._on_due(self._loop.time() if math.isnan(due) else due)
+            epoch = math.nan
+        if math.isnan(epoch):
+            self._on_due(self._loop.time(), None)
+        else:
+            self._on_due(self.loop_time(epoch), epoch)
 
     def _on_terminated(self, _conn: Any) -> None:
-        self._on_due(self._loop.time())
+        self._on_due(self._loop.time(), None)

@@ -148,12 +148,14 @@ SELECT pg_backend_pid() AS pid, EXISTS (
 -- (doubling, with jitter, bounded). Owner and attempt number fence these writes: an
 -- outcome of a run whose row was swept, or claimed again since, matches nothing.
 -- Then it claims up to $1 one-off calls of the names this worker runs ($10), due by
--- now() + $3 (zero but in run_due's time travel), oldest first; SKIP LOCKED lets many
+-- now() + $3 (zero but in run_due's time travel) and not before the frontier $11,
+-- oldest first; SKIP LOCKED lets many
 -- dispatchers claim at the same instant without waiting on or sharing a row. A last row
 -- (id NULL) carries the seconds until the next call due after that (a retry scheduled by
 -- this very statement included: the look-ahead's snapshot cannot see it), computed with
 -- the same now() so that no call falls between "due now" and "due later", and whether a
--- recurring chain is due. A retry also wakes the other dispatchers.
+-- recurring chain is due, and the batch's earliest due time: the next frontier. A retry
+-- also wakes the other dispatchers.
 -- Every value returned decodes whatever a row holds (an infinite due time included).
 WITH done AS (
     DELETE FROM future_calls AS c
@@ -181,9 +183,14 @@ WITH done AS (
            min(due_at) AS due_at
     FROM parked WHERE state IN ('scheduled', 'released') HAVING count(*) > 0
 ), due AS (
+    -- The index scan starts at $11, the frontier: the earliest due time of this worker's
+    -- previous batch (NULL: from the start). Below it lie only the dead index entries of
+    -- calls already claimed, which a long transaction elsewhere keeps from vacuum; a call
+    -- that falls due behind it lowers it (NOTIFY), and every tick scans from the start.
     SELECT id FROM future_calls
     WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
       AND due_at <= now() + $3::interval AND name = ANY ($10::text[])
+      AND due_at >= coalesce($11::timestamptz, '-infinity'::timestamptz)
     ORDER BY due_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -196,15 +203,16 @@ WITH done AS (
     WHERE c.id = ANY (ARRAY(SELECT id FROM due))
     RETURNING c.id, c.name, c.payload, c.identifier,
               CASE WHEN isfinite(c.due_at) THEN c.due_at ELSE now() END AS due_at,
-              c.attempts, c.max_attempts
+              c.attempts, c.max_attempts, isfinite(c.due_at) AS finite
 )
 SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
-       NULL::float8 AS next_due_in, NULL::boolean AS chain_due
+       NULL::float8 AS next_due_in, NULL::boolean AS chain_due, NULL::timestamptz AS frontier
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due, turn.frontier
 FROM (SELECT count(*) < $1 AS drained,
-             (SELECT min(due_at) FROM retried) AS retry_at
+             (SELECT min(due_at) FROM retried) AS retry_at,
+             min(due_at) FILTER (WHERE finite) AS frontier
       FROM claimed) AS turn
 -- Only a turn that took fewer calls than it could asks what comes next: a full one
 -- comes straight back for more.

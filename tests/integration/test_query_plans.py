@@ -80,6 +80,7 @@ async def test_the_claim_and_its_look_ahead_use_the_indexes(loaded: asyncpg.Conn
         empty,
         empty,
         ["record"],
+        None,
     )
     scans = scans_of_the_table(plan)
     assert scans, plan
