@@ -148,6 +148,8 @@ class Store:
         # Schedule-once locks take the second key space (see docs/design.md).
         self._identifier_locks = settings.lock_namespace  # None: the table's oid
         self._timeout = settings.statement_timeout
+        # Calls due later than this are not notified: dispatchers' next tick finds them.
+        self._notify_within = timedelta(seconds=2 * settings.poll_interval)
 
     @classmethod
     async def open(cls, settings: Settings) -> Store:
@@ -201,13 +203,19 @@ class Store:
 
     @asynccontextmanager
     async def _on(self, conn: Executor | None) -> AsyncIterator[Executor]:
-        """``conn``, or a pool connection whose acquiring and release (which waits for a
-        timed-out statement's cancellation) are bounded by ``statement_timeout``."""
+        """``conn``, or a pool connection. A pooled statement that outlives
+        ``statement_timeout`` (the pool's ``command_timeout``) drops its connection:
+        releasing it would wait, unbounded, for a cancellation that a silent (half-open)
+        peer never confirms."""
         if conn is not None:
             yield conn
             return
-        async with self._pool.acquire(timeout=self._timeout) as pooled:
-            yield pooled
+        async with self._pool.acquire() as pooled:
+            try:
+                yield pooled
+            except TimeoutError:
+                pooled.terminate()
+                raise
 
     @asynccontextmanager
     async def _transaction(self, conn: Executor | None) -> AsyncIterator[Executor]:
@@ -243,7 +251,11 @@ class Store:
         with database_errors(f"scheduling {row.name!r}"):
             if if_exists == "add":
                 async with self._on(conn) as executor:
-                    return int(await executor.fetchval(self._queries["schedule"], *arguments))
+                    return int(
+                        await executor.fetchval(
+                            self._queries["schedule"], *arguments, self._notify_within
+                        )
+                    )
             async with self._transaction(conn) as tx:
                 # Serialises schedule-once for this identifier until the transaction ends.
                 await tx.execute(
@@ -255,14 +267,18 @@ class Store:
                         return int(kept)
                 else:
                     await tx.execute(self._queries["cancel_one_offs"], identifier)
-                return int(await tx.fetchval(self._queries["schedule"], *arguments))
+                return int(
+                    await tx.fetchval(self._queries["schedule"], *arguments, self._notify_within)
+                )
 
     async def schedule_many(self, rows: list[CallRow], conn: Executor | None = None) -> list[int]:
         """Store ``rows`` in one statement; their ids, in order."""
         columns = [list(column) for column in zip(*(row.arguments() for row in rows), strict=True)]
         with database_errors(f"scheduling {len(rows)} calls"):
             async with self._on(conn) as executor:
-                ids = await executor.fetchval(self._queries["schedule_many"], *columns)
+                ids = await executor.fetchval(
+                    self._queries["schedule_many"], *columns, self._notify_within
+                )
         return list(ids)
 
     async def schedule_recurring(
@@ -282,6 +298,7 @@ class Store:
                     recurrence.cron,
                     recurrence.every,
                     recurrence.timezone,
+                    self._notify_within,
                 )
         return int(chain_id)
 
@@ -309,7 +326,9 @@ class Store:
     async def reschedule(self, call_id: int, at: datetime | None, delay: timedelta | None) -> bool:
         with database_errors(f"rescheduling future call {call_id}"):
             async with self._on(None) as pooled:
-                row = await pooled.fetchrow(self._queries["reschedule"], call_id, at, delay)
+                row = await pooled.fetchrow(
+                    self._queries["reschedule"], call_id, at, delay, self._notify_within
+                )
         return row is not None
 
     async def delete(self, call_id: int) -> bool:

@@ -7,22 +7,25 @@ SELECT to_regclass('future_calls') IS NOT NULL AS present;
 
 -- name: schedule
 -- Store one call, due at $4 or else at the database's now() + $5, and wake the
--- dispatchers; each keeps only the earliest due time it hears of. The NOTIFY payload is
--- the due time in seconds since the epoch, absolute: it stays right however long the
--- caller's transaction takes to commit. $6 and $7 are the call's delivery policy
--- (max_attempts, retry_backoff).
+-- dispatchers if it falls due within $8 (two poll intervals): a call due later is found
+-- by their next tick anyway, and every NOTIFY takes a database-wide lock at commit.
+-- Each dispatcher keeps only the earliest due time it hears of. The payload is the due
+-- time in seconds since the epoch, absolute: it stays right however long the caller's
+-- transaction takes to commit. $6 and $7 are the call's delivery policy (max_attempts,
+-- retry_backoff).
 WITH inserted AS (
     INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
     VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7)
     RETURNING id, due_at
 )
-SELECT id, pg_notify('future_calls', extract(epoch FROM due_at)::float8::text)
+SELECT id, CASE WHEN due_at <= now() + $8::interval
+                THEN pg_notify('future_calls', extract(epoch FROM due_at)::float8::text) END
 FROM inserted;
 
 -- name: schedule_many
 -- Store a batch in one statement (arrays, one element per call, in order) and send one
--- NOTIFY for its earliest due time. Identity values follow the order of the input,
--- so the ids come back in that order.
+-- NOTIFY for its earliest due time, if that is within $8. Identity values follow the
+-- order of the input, so the ids come back in that order.
 WITH inserted AS (
     INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
     SELECT t.name, t.payload::json, t.identifier, COALESCE(t.at, now() + t.delay),
@@ -33,7 +36,8 @@ WITH inserted AS (
     RETURNING id, due_at
 )
 SELECT array_agg(id ORDER BY id) AS ids,
-       pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text)
+       CASE WHEN min(due_at) <= now() + $8::interval
+            THEN pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) END
 FROM inserted;
 
 -- name: lock_identifier
@@ -292,7 +296,8 @@ WITH upserted AS (
         state = 'scheduled', last_error = NULL, finished_at = NULL
     RETURNING id, due_at
 )
-SELECT id, pg_notify('future_calls', extract(epoch FROM due_at)::float8::text)
+SELECT id, CASE WHEN due_at <= now() + $10::interval
+                THEN pg_notify('future_calls', extract(epoch FROM due_at)::float8::text) END
 FROM upserted;
 
 -- name: still_owned
@@ -430,7 +435,8 @@ WITH moved AS (
     WHERE id = $1 AND state IN ('failed', 'interrupted')
     RETURNING id, due_at
 )
-SELECT id, pg_notify('future_calls', extract(epoch FROM due_at)::float8::text)
+SELECT id, CASE WHEN due_at <= now() + $4::interval
+                THEN pg_notify('future_calls', extract(epoch FROM due_at)::float8::text) END
 FROM moved;
 
 -- name: delete

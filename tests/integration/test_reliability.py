@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from fastapi_futurecalls import FutureCall, Session
+from fastapi_futurecalls import FutureCall, PlannedCall, Session
 from fastapi_futurecalls.dispatcher import Dispatcher
 from tests.support import Item, Recorder, wait_for
 
@@ -318,3 +318,32 @@ async def test_a_number_held_elsewhere_at_reconnect_is_adopted_once_it_can_be_ta
             within=10,
         )
     assert await db.fetchval("SELECT count(*) FROM future_calls") == 0
+
+
+async def test_only_calls_due_soon_send_a_notification(make_futurecalls, db):
+    """A NOTIFY takes a database-wide lock at commit: a call due after the dispatchers'
+    next tick (two poll intervals) is found by that tick, and sends none."""
+    heard: list[str] = []
+    await db.add_listener("future_calls", lambda *args: heard.append(args[-1]))
+    fc = make_futurecalls(execution_enabled=False, poll_interval=10)
+    fc.register_future_call(Recorder(), "record")
+    async with fc:
+        session = fc.session()
+        await session.future_call_with_delay("record", Item(n=1), timedelta(days=30))
+        await session.future_call_with_delay("record", Item(n=2), timedelta(seconds=25))
+        await session.future_calls_batch(
+            [PlannedCall("record", Item(n=3), delay=timedelta(hours=1))]
+        )
+        await session.future_call_recurring(
+            "record", None, identifier="monthly", every=timedelta(days=30)
+        )
+        await asyncio.sleep(0.5)
+        assert heard == []
+        await session.future_call_with_delay("record", Item(n=4), timedelta(seconds=15))
+        await session.future_calls_batch(
+            [
+                PlannedCall("record", Item(n=5)),
+                PlannedCall("record", Item(n=6), delay=timedelta(days=1)),
+            ]
+        )
+        await wait_for(lambda: len(heard) == 2, within=5)

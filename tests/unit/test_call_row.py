@@ -29,8 +29,9 @@ def test_arguments_follow_the_fields_and_fill_the_schedule_statements():
         "max_attempts",
         "retry_backoff",
     ]
-    assert parameters(QUERIES["schedule"]) == set(range(1, len(fields) + 1))
-    assert parameters(QUERIES["schedule_many"]) == set(range(1, len(fields) + 1))
+    # The row's fields, then the notification window the store adds.
+    assert parameters(QUERIES["schedule"]) == set(range(1, len(fields) + 2))
+    assert parameters(QUERIES["schedule_many"]) == set(range(1, len(fields) + 2))
 
 
 def test_a_row_is_frozen():
