@@ -61,11 +61,11 @@ class Dispatcher:
         self._tick_at = 0.0
         # Earliest due time announced by NOTIFY while a claim was in flight.
         self._announced = math.inf
-        # Where the next claim's index scan starts (the earliest due time of the last
-        # batch, lowered by notifications of calls due before it), or None: from the
+        # Where the next claim's index scan starts: the earliest (due time, id) of the
+        # last batch, lowered by notifications of calls due before it; or None: from the
         # start of the index, as every tick does. And the earliest due time (database
         # epoch seconds) notified since the last claim began.
-        self._frontier: datetime | None = None
+        self._frontier: tuple[datetime, int] | None = None
         self._notified = math.inf
         # How far ahead counts as due: zero, but for testing.run_due's time travel.
         self._horizon = timedelta(0)
@@ -191,7 +191,8 @@ class Dispatcher:
         *rows, tail = await self._record(owner, free)
         if tail["chain_due"] is not None:  # None: a full turn, which did not look
             self._chains_due = tail["chain_due"]
-        self._advance_frontier(tail["frontier"])
+        if tail["frontier"] is not None:
+            self._advance_frontier((tail["frontier"], tail["frontier_id"]))
         calls = sorted(
             (
                 ClaimedCall(
@@ -239,7 +240,7 @@ class Dispatcher:
                 self._horizon,
                 *_columns(mine),
                 self._names,
-                self._frontier if free else None,
+                *(self._frontier if free and self._frontier else (None, None)),
             )
         except DatabaseUnavailableError:
             self._outcomes[:0] = mine  # recording is idempotent: retry them
@@ -262,7 +263,14 @@ class Dispatcher:
             for attempt in (outcome, fallback):
                 try:
                     await self._worker.fetch(
-                        "claim", 0, owner, self._horizon, *_columns([attempt]), self._names, None
+                        "claim",
+                        0,
+                        owner,
+                        self._horizon,
+                        *_columns([attempt]),
+                        self._names,
+                        None,
+                        None,
                     )
                 except DatabaseUnavailableError:
                     self._outcomes[:0] = outcomes[index:]
@@ -419,24 +427,21 @@ class Dispatcher:
         due = math.inf if seconds is None else self._loop.time() + max(seconds, 0.0)
         self._due_at = min(due, self._announced)
 
-    def _advance_frontier(self, earliest: datetime | None) -> None:
-        """After a claim: start the next one at ``earliest`` (the batch's earliest due
-        time; None: it claimed nothing, the frontier stays), but not past a call notified
-        meanwhile."""
-        if earliest is None:
-            return
+    def _advance_frontier(self, earliest: tuple[datetime, int]) -> None:
+        """After a claim that took calls: start the next one at the batch's earliest
+        (due time, id), but not past a call notified meanwhile."""
         if self._notified < math.inf:
             notified = _before(self._notified)
             self._frontier = None if notified is None else min(earliest, notified)
-            return
-        self._frontier = earliest
+        else:
+            self._frontier = earliest
 
     def _announce(self, due: float, db_epoch: float | None = None) -> None:
         """A NOTIFY (or a dropped connection): something may be due at loop time ``due``
         (``db_epoch`` by the database clock, when a notification said so)."""
         if db_epoch is not None:
             self._notified = min(self._notified, db_epoch)
-            if self._frontier is not None and db_epoch - 0.001 < self._frontier.timestamp():
+            if self._frontier is not None and db_epoch - 0.001 < self._frontier[0].timestamp():
                 self._frontier = _before(db_epoch)
         self._announced = min(self._announced, due)
         if due < self._due_at:
@@ -463,11 +468,11 @@ class Dispatcher:
         self._wake.set()
 
 
-def _before(db_epoch: float) -> datetime | None:
-    """A frontier a millisecond before ``db_epoch`` (epoch seconds are floats); None (scan
-    from the start) for a time no datetime holds."""
+def _before(db_epoch: float) -> tuple[datetime, int] | None:
+    """A frontier a millisecond before ``db_epoch`` (epoch seconds are floats), before
+    every id; None (scan from the start) for a time no datetime holds."""
     try:
-        return datetime.fromtimestamp(db_epoch - 0.001, UTC)
+        return datetime.fromtimestamp(db_epoch - 0.001, UTC), 0
     except (OverflowError, OSError, ValueError):
         return None
 

@@ -152,8 +152,8 @@ SELECT pg_backend_pid() AS pid, EXISTS (
 -- (doubling, with jitter, bounded). Owner and attempt number fence these writes: an
 -- outcome of a run whose row was swept, or claimed again since, matches nothing.
 -- Then it claims up to $1 one-off calls of the names this worker runs ($10), due by
--- now() + $3 (zero but in run_due's time travel) and not before the frontier $11,
--- oldest first; SKIP LOCKED lets many
+-- now() + $3 (zero but in run_due's time travel) and not before the frontier
+-- ($11, $12), oldest first; SKIP LOCKED lets many
 -- dispatchers claim at the same instant without waiting on or sharing a row. A last row
 -- (id NULL) carries the seconds until the next call due after that (a retry scheduled by
 -- this very statement included: the look-ahead's snapshot cannot see it), computed with
@@ -162,9 +162,13 @@ SELECT pg_backend_pid() AS pid, EXISTS (
 -- also wakes the other dispatchers.
 -- Every value returned decodes whatever a row holds (an infinite due time included).
 WITH done AS (
+    -- Rows are found by primary key (id = ANY), never through the index of running rows:
+    -- under a long transaction elsewhere it holds a dead entry for every call ever run,
+    -- and comparing with IS NOT DISTINCT FROM keeps the planner from walking them.
     DELETE FROM future_calls AS c
     USING unnest($4::bigint[], $5::integer[]) AS d(id, attempts)
-    WHERE c.id = d.id AND c.attempts = d.attempts AND c.owner = $2 AND c.state = 'running'
+    WHERE c.id = ANY ($4::bigint[]) AND c.id = d.id AND c.attempts = d.attempts
+      AND c.owner IS NOT DISTINCT FROM $2 AND c.state IS NOT DISTINCT FROM 'running'
 ), parked AS (
     UPDATE future_calls AS c
     SET state = CASE WHEN p.state = 'released' THEN 'scheduled' ELSE p.state END,
@@ -180,21 +184,24 @@ WITH done AS (
                       ELSE c.due_at END
     FROM unnest($6::bigint[], $7::integer[], $8::text[], $9::text[])
          AS p(id, attempts, state, error)
-    WHERE c.id = p.id AND c.attempts = p.attempts AND c.owner = $2 AND c.state = 'running'
+    WHERE c.id = ANY ($6::bigint[]) AND c.id = p.id AND c.attempts = p.attempts
+      AND c.owner IS NOT DISTINCT FROM $2 AND c.state IS NOT DISTINCT FROM 'running'
     RETURNING c.due_at, p.state
 ), retried AS (
     SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) AS sent,
            min(due_at) AS due_at
     FROM parked WHERE state IN ('scheduled', 'released') HAVING count(*) > 0
 ), due AS (
-    -- The index scan starts at $11, the frontier: the earliest due time of this worker's
-    -- previous batch (NULL: from the start). Below it lie only the dead index entries of
-    -- calls already claimed, which a long transaction elsewhere keeps from vacuum; a call
-    -- that falls due behind it lowers it (NOTIFY), and every tick scans from the start.
+    -- The index scan starts at ($11, $12), the frontier: the earliest (due time, id) of
+    -- this worker's previous batch (NULL: from the start). Before it lie only the dead
+    -- index entries of calls already claimed, which a long transaction elsewhere keeps
+    -- from vacuum; a call that falls due behind it lowers it (NOTIFY), and every tick
+    -- scans from the start.
     SELECT id FROM future_calls
     WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
       AND due_at <= now() + $3::interval AND name = ANY ($10::text[])
-      AND due_at >= coalesce($11::timestamptz, '-infinity'::timestamptz)
+      AND (due_at, id) >= (coalesce($11::timestamptz, '-infinity'::timestamptz),
+                           coalesce($12::bigint, 0))
     ORDER BY due_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -210,14 +217,18 @@ WITH done AS (
               c.attempts, c.max_attempts, isfinite(c.due_at) AS finite
 )
 SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
-       NULL::float8 AS next_due_in, NULL::boolean AS chain_due, NULL::timestamptz AS frontier
+       NULL::float8 AS next_due_in, NULL::boolean AS chain_due,
+       NULL::timestamptz AS frontier, NULL::bigint AS frontier_id
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due, turn.frontier
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due,
+       first.due_at, first.id
 FROM (SELECT count(*) < $1 AS drained,
-             (SELECT min(due_at) FROM retried) AS retry_at,
-             min(due_at) FILTER (WHERE finite) AS frontier
+             (SELECT min(due_at) FROM retried) AS retry_at
       FROM claimed) AS turn
+LEFT JOIN LATERAL (
+    SELECT due_at, id FROM claimed WHERE finite ORDER BY due_at, id LIMIT 1
+) AS first ON true
 -- Only a turn that took fewer calls than it could asks what comes next: a full one
 -- comes straight back for more.
 LEFT JOIN LATERAL (

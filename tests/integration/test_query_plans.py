@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -65,7 +65,10 @@ async def loaded(db: asyncpg.Connection) -> asyncpg.Connection:
     return db
 
 
-async def test_the_claim_and_its_look_ahead_use_the_indexes(loaded: asyncpg.Connection):
+@pytest.mark.parametrize("frontier", [(None, None), (datetime.now(UTC), 25_000)])
+async def test_the_claim_and_its_look_ahead_use_the_indexes(
+    loaded: asyncpg.Connection, frontier: tuple[datetime | None, int | None]
+):
     empty: list[Any] = []
     plan = await plan_of(
         loaded,
@@ -80,8 +83,16 @@ async def test_the_claim_and_its_look_ahead_use_the_indexes(loaded: asyncpg.Conn
         empty,
         empty,
         ["record"],
-        None,
+        *frontier,
     )
+    # The claim's scan starts at the frontier: a bound of the index scan, not a filter.
+    claim_scans = [
+        node
+        for node in plan
+        if node.get("Index Name") == "future_calls_due_idx"
+        and "ROW(due_at, id)" in node.get("Index Cond", "")
+    ]
+    assert claim_scans, [(n.get("Index Name"), n.get("Index Cond")) for n in plan]
     scans = scans_of_the_table(plan)
     assert scans, plan
     assert all(kind != "Seq Scan" for kind, _ in scans), scans
