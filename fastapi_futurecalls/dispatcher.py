@@ -32,6 +32,11 @@ CHAIN_RETRY = 0.05  # seconds before looking again at a due chain another worker
 # Of the shutdown grace, the end kept for cancelling the calls still running and writing
 # the last outcomes: at most this many seconds, at most a quarter of the grace.
 STOP_RESERVE = 3.0
+# Maintenance (calls of names no live worker runs; calls behind the frontier) runs every
+# this many poll intervals, in the background on the pool: it may walk the dead index
+# entries a long transaction elsewhere keeps, which must never stall the claim loop.
+MAINTENANCE_EVERY = 6
+ORPHANS_PER_RUN = 1000
 
 
 class Dispatcher:
@@ -45,6 +50,7 @@ class Dispatcher:
         store: Store,
     ) -> None:
         self._settings = settings
+        self._store = store
         self._registry = registry
         self._session = session
         self._names = registry.names()
@@ -67,6 +73,8 @@ class Dispatcher:
         # epoch seconds) notified since the last claim began.
         self._frontier: tuple[datetime, int] | None = None
         self._notified = math.inf
+        self._maintenance_at = 0.0
+        self._maintenance: asyncio.Task[None] | None = None
         # How far ahead counts as due: zero, but for testing.run_due's time travel.
         self._horizon = timedelta(0)
         # Whether a recurring chain may have a due slot to turn into a call.
@@ -93,6 +101,7 @@ class Dispatcher:
         await self._open()
         try:
             await self._tick()  # no long-lived dispatcher may be there to reconcile
+            await self._maintain()
             while True:
                 await self._flush()
                 free = self._settings.concurrency_limit - len(self._running)
@@ -160,12 +169,18 @@ class Dispatcher:
         poll = self._settings.poll_interval * random.uniform(0.9, 1.1)
         self._tick_at = self._loop.time() + poll
         self._announced = math.inf
-        self._frontier = None  # the next claim scans from the start: the safety net
         for number in await self._worker.retake_lost():
             await self._reconcile(number)
         await self._release_idle_numbers()
-        sweep = await self._worker.sweep()
+        sweep = await self._worker.sweep(self._frontier)
         self._log_sweep(sweep)
+        now = self._loop.time()
+        if now >= self._maintenance_at and self._recorded is None:
+            self._maintenance_at = now + MAINTENANCE_EVERY * self._settings.poll_interval
+            if self._maintenance is None or self._maintenance.done():
+                self._maintenance = asyncio.create_task(
+                    self._maintain(), name="fastapi_futurecalls.maintenance"
+                )
         if sweep.missing:  # come back when the first of them may be judged
             soon = max(self._settings.liveness_grace / 2, 0.2)
             self._tick_at = min(self._tick_at, self._loop.time() + soon)
@@ -308,6 +323,9 @@ class Dispatcher:
         """Wait for running calls until ``deadline`` less the reserve, recording each as it
         ends; then cancel the rest, and write the last outcomes by ``deadline``."""
         self._stopping = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()  # its statement's release is bounded by the pool
+            await asyncio.wait([self._maintenance], timeout=1.0)
         self._worker.deadline = deadline
         grace = max(deadline - self._loop.time(), 0.0)
         cancel_at = deadline - min(STOP_RESERVE, grace / 4)
@@ -409,9 +427,7 @@ class Dispatcher:
 
     def _log_sweep(self, sweep: Sweep) -> None:
         for call_id, name, state in sweep.changed:
-            if state == "orphaned":
-                why = "parked as failed: no live worker registers its name (unknown_name_grace)"
-            elif state == "scheduled":
+            if state == "scheduled":
                 why = "rescheduled: its worker died while it ran"
             else:
                 why = f"parked as {state}: its worker died while it ran"
@@ -426,6 +442,29 @@ class Dispatcher:
     def _set_due(self, seconds: float | None) -> None:
         due = math.inf if seconds is None else self._loop.time() + max(seconds, 0.0)
         self._due_at = min(due, self._announced)
+
+    async def _maintain(self) -> None:
+        """Park calls of names no live worker registers; lower the frontier to a due call
+        behind it that no notification announced. Never raises: the next run retries."""
+        try:
+            for row in await self._store.park_orphans(
+                self._worker.namespace, self._settings.unknown_name_grace, ORPHANS_PER_RUN
+            ):
+                logger.error(
+                    "future call %r (id %d) parked as failed: no live worker registers its "
+                    "name (unknown_name_grace)",
+                    row["name"],
+                    row["id"],
+                    extra={"future_call_name": row["name"], "future_call_id": row["id"]},
+                )
+            frontier = self._frontier
+            if frontier is not None:
+                behind = await self._store.behind_frontier(self._names, frontier)
+                if behind is not None:
+                    epoch = behind["due_at"].timestamp()
+                    self._announce(self._worker.loop_time(epoch), epoch)
+        except (DatabaseError, ConfigurationError) as exc:
+            logger.warning("future calls maintenance failed (%s); retrying later", exc)
 
     def _advance_frontier(self, earliest: tuple[datetime, int]) -> None:
         """After a claim that took calls: start the next one at the batch's earliest

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .calls import FutureCall, Registry
 from .dispatcher import Dispatcher
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DatabaseUnavailableError
 from .session import Session, awaitable
 from .settings import Settings
 from .store import Store
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 logger = logging.getLogger("fastapi_futurecalls")
+# Pauses between attempts to start against a database that refuses connections; the last
+# one repeats until connect_timeout has passed.
+START_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +125,26 @@ class FutureCalls:
         return self._session
 
     async def start(self) -> None:
-        """Connect, check the schema and, if execution is enabled, start dispatching."""
+        """Connect, check the schema and, if execution is enabled, start dispatching. A
+        database that refuses connections (restarting, failing over) is retried until
+        ``connect_timeout`` has passed; then :class:`DatabaseUnavailableError`."""
         if self._store is not None:
             raise ConfigurationError("FutureCalls is already started")
         if not self.settings.dsn:
             raise ConfigurationError("no database: pass FutureCalls(dsn=...) or set DATABASE_URL")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.connect_timeout
+        for delay in itertools.chain(START_RETRY_DELAYS, itertools.repeat(START_RETRY_DELAYS[-1])):
+            try:
+                await self._start_once()
+                return
+            except DatabaseUnavailableError:
+                if loop.time() + delay >= deadline:
+                    raise
+                logger.warning("database unavailable at start; retrying in %.2fs", delay)
+                await asyncio.sleep(delay)
+
+    async def _start_once(self) -> None:
         self._store = await Store.open(self.settings)
         self._session = Session(self._store, self._registry, self.settings)
         if self.settings.execution_enabled:

@@ -311,6 +311,20 @@ class Store:
                 status = await tx.execute(self._queries["cancel"], identifier)
         return int(status.rsplit(" ", 1)[-1])
 
+    async def park_orphans(self, namespace: int, grace: float, limit: int) -> list[asyncpg.Record]:
+        """Maintenance: park pending calls of names no live worker registers."""
+        with database_errors("parking calls of unknown names"):
+            async with self._on(None) as pooled:
+                return await pooled.fetch(self._queries["park_orphans"], namespace, grace, limit)
+
+    async def behind_frontier(
+        self, names: list[str], frontier: tuple[datetime, int]
+    ) -> asyncpg.Record | None:
+        """Maintenance: the earliest due call of ``names`` before ``frontier``, if any."""
+        with database_errors("looking behind the frontier"):
+            async with self._on(None) as pooled:
+                return await pooled.fetchrow(self._queries["behind_frontier"], names, *frontier)
+
     async def list(
         self, identifier: str | None, name: str | None, state: str | None, limit: int
     ) -> list[asyncpg.Record]:

@@ -19,6 +19,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -50,8 +51,6 @@ RELOCK_PAUSE = 0.1
 LOST: tuple[type[BaseException], ...] = (TimeoutError, *CONNECTION_ERRORS)
 # ... and what, around a transaction's start and end, is treated the same way.
 LOST_OR_FAILED: tuple[type[BaseException], ...] = (*LOST, asyncpg.PostgresError)
-# Pending calls of names no live worker runs, parked per sweep at most.
-ORPHANS_PER_SWEEP = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,15 +328,12 @@ class WorkerConnection:
 
     # -- the sweep -------------------------------------------------------------------------
 
-    async def sweep(self) -> Sweep:
-        """Note missing workers; sweep those missing for ``liveness_grace``; park pending
-        calls of names no live worker runs after ``unknown_name_grace``."""
+    async def sweep(self, frontier: tuple[datetime, int] | None) -> Sweep:
+        """Note missing workers; sweep those missing for ``liveness_grace``; learn the
+        next due time at or after ``frontier``."""
+        after, after_id = frontier if frontier is not None else (None, None)
         row = await self.fetchrow(
-            "sweep",
-            self.namespace,
-            self._settings.liveness_grace,
-            self._settings.unknown_name_grace,
-            ORPHANS_PER_SWEEP,
+            "sweep", self.namespace, self._settings.liveness_grace, after, after_id
         )
         assert row is not None
         changed = list(

@@ -113,8 +113,11 @@ ON CONFLICT (id) DO UPDATE
 SET names = EXCLUDED.names, host = EXCLUDED.host, pid = EXCLUDED.pid, missing_since = NULL;
 
 -- name: retire_worker
--- A dispatcher stopping: its row goes (its lock goes with the connection, next).
-DELETE FROM future_calls_workers WHERE id = $1;
+-- A dispatcher stopping: its row goes (its lock goes with the connection, next), unless
+-- calls it could not record still name it as their owner: then the sweep needs the row.
+DELETE FROM future_calls_workers AS w
+WHERE w.id = $1
+  AND NOT EXISTS (SELECT 1 FROM future_calls WHERE owner = $1 AND state = 'running');
 
 -- name: table_namespace
 -- The table's oid as a signed 32-bit number: the first key of the workers' advisory
@@ -321,39 +324,44 @@ WHERE c.attempts = r.attempts AND c.owner = $1 AND c.state = 'running';
 -- name: requeue_untracked
 -- After a reconnect that took back worker $1's number: rows it claimed but whose claim
 -- never reached this process (the reply was lost) go back in line; they never started.
-UPDATE future_calls
-SET state = 'scheduled', owner = NULL, attempts = attempts - 1, started_at = NULL
-WHERE owner = $1 AND state = 'running' AND id <> ALL($2::bigint[])
-RETURNING id, name;
+-- Their due times lie behind every dispatcher's frontier: wake them.
+WITH requeued AS (
+    UPDATE future_calls
+    SET state = 'scheduled', owner = NULL, attempts = attempts - 1, started_at = NULL
+    WHERE owner = $1 AND state = 'running' AND id <> ALL($2::bigint[])
+    RETURNING id, name, due_at
+), woken AS (
+    SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text)
+    FROM requeued HAVING count(*) > 0
+)
+SELECT id, name, (SELECT count(*) FROM woken) AS woken FROM requeued;
 
 -- name: sweep
--- The safety net, run by every dispatcher now and then. A worker is alive while its
--- advisory lock (namespace $1, its number) is held. A number whose lock is missing is
--- first only noted (missing_since); it is judged dead only when a later sweep still
--- finds it missing $2 seconds on, so that a server restart, a failover to a standby or
--- one dropped connection, after which live workers take their locks back, sweeps
--- nothing. A dead worker's running calls are rescheduled if they have attempts left,
--- else parked (as 'interrupted' under the default at-most-once policy, 'failed' once
--- retries ran out); the sweep holds the dead number's lock for its transaction, so the
--- worker cannot take it back halfway. Pending calls of a name that no live worker runs,
--- due for more than $3 seconds, are parked as 'failed' (at most $4 a sweep). Also
--- returns the seconds until the next pending call, so an idle tick costs one statement.
+-- The safety net, run by every dispatcher at every tick. A worker is alive while its
+-- advisory lock (namespace $1, its number) is held; every number that may own calls has
+-- a row in future_calls_workers (written before it claims anything). A number whose
+-- lock is missing is first only noted (missing_since); it is judged dead only when a
+-- later sweep still finds it missing $2 seconds on, so that a server restart, a failover
+-- to a standby or one dropped connection, after which live workers take their locks
+-- back, sweeps nothing. A dead worker's running calls are rescheduled if they have
+-- attempts left, else parked (as 'interrupted' under the default at-most-once policy,
+-- 'failed' once retries ran out); the sweep holds the dead number's lock for its
+-- transaction, so the worker cannot take it back halfway. Also returns the seconds until
+-- the next pending call at or after the caller's frontier ($3, $4), so an idle tick
+-- costs one statement and walks no dead index entries before that frontier.
 WITH live AS (
     SELECT l.objid::bigint::integer AS id FROM pg_locks AS l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.classid = ($1::integer::bigint & 4294967295)::oid
 ), missing AS (
-    SELECT owner AS id FROM future_calls WHERE state = 'running'
-    UNION
     SELECT id FROM future_calls_workers
     EXCEPT
     SELECT id FROM live
 ), noted AS (
     -- First sight of a missing number; one already noted is left as it is.
-    INSERT INTO future_calls_workers AS w (id, missing_since)
-    SELECT id, now() FROM missing
-    ON CONFLICT (id) DO UPDATE SET missing_since = now() WHERE w.missing_since IS NULL
+    UPDATE future_calls_workers SET missing_since = now()
+    WHERE id IN (SELECT id FROM missing) AND missing_since IS NULL
 ), back AS (
     UPDATE future_calls_workers SET missing_since = NULL
     WHERE missing_since IS NOT NULL AND id IN (SELECT id FROM live)
@@ -380,44 +388,64 @@ WITH live AS (
         last_error = 'interrupted: its worker''s database session ended while it ran'
     WHERE c.state = 'running' AND c.owner IN (SELECT id FROM gone)
     RETURNING c.id, c.name, c.state, c.due_at
-), live_names AS (
-    SELECT DISTINCT unnest(w.names) AS name FROM future_calls_workers AS w
-    WHERE w.id IN (SELECT id FROM live)
-), orphaned AS (
-    UPDATE future_calls AS c
-    SET state = 'failed', finished_at = now(),
-        last_error = 'no live worker registers future calls named ' || quote_literal(c.name)
-                     || ' (due for over ' || $3::float8::text || ' s: unknown_name_grace)'
-    WHERE c.id = ANY (ARRAY(
-        SELECT id FROM future_calls
-        WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
-          AND due_at < now() - make_interval(secs => $3::float8)
-          AND name NOT IN (SELECT name FROM live_names)
-        ORDER BY due_at, id
-        LIMIT $4
-        FOR UPDATE SKIP LOCKED))
-    RETURNING c.id, c.name, c.state, c.due_at
-), changed AS (
-    SELECT id, name, state, due_at FROM dead
-    UNION ALL
-    SELECT id, name, 'orphaned', due_at FROM orphaned
 ), retried AS (
     SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) AS sent,
            min(due_at) AS due_at
     FROM dead WHERE state = 'scheduled' HAVING count(*) > 0
 )
-SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM changed) AS changed_ids,
-       (SELECT coalesce(array_agg(name ORDER BY id), '{}') FROM changed) AS changed_names,
-       (SELECT coalesce(array_agg(state ORDER BY id), '{}') FROM changed) AS changed_states,
+SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM dead) AS changed_ids,
+       (SELECT coalesce(array_agg(name ORDER BY id), '{}') FROM dead) AS changed_names,
+       (SELECT coalesce(array_agg(state ORDER BY id), '{}') FROM dead) AS changed_states,
        (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM missing
         WHERE id NOT IN (SELECT id FROM gone)) AS missing,
        extract(epoch FROM least(
            (SELECT due_at FROM retried),
            (SELECT min(due_at) FROM future_calls
-            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL),
+            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+              AND (due_at, id) >= (coalesce($3::timestamptz, '-infinity'::timestamptz),
+                                   coalesce($4::bigint, 0))),
            (SELECT min(due_at) FROM future_calls
             WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled')
        ))::float8 - extract(epoch FROM clock_timestamp())::float8 AS next_due_in;
+
+-- name: park_orphans
+-- Maintenance, off the dispatch loop (it walks the old end of the due index, which a long
+-- transaction elsewhere can fill with dead entries): pending one-off calls due for more
+-- than $2 seconds whose name no live worker (lock namespace $1) registers are parked as
+-- 'failed', at most $3 at a time.
+WITH live AS (
+    SELECT l.objid::bigint::integer AS id FROM pg_locks AS l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = ($1::integer::bigint & 4294967295)::oid
+), live_names AS (
+    SELECT DISTINCT unnest(w.names) AS name FROM future_calls_workers AS w
+    WHERE w.id IN (SELECT id FROM live)
+)
+UPDATE future_calls AS c
+SET state = 'failed', finished_at = now(),
+    last_error = 'no live worker registers future calls named ' || quote_literal(c.name)
+                 || ' (due for over ' || $2::float8::text || ' s: unknown_name_grace)'
+WHERE c.id = ANY (ARRAY(
+    SELECT id FROM future_calls
+    WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+      AND due_at < now() - make_interval(secs => $2::float8)
+      AND name NOT IN (SELECT name FROM live_names)
+    ORDER BY due_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED))
+RETURNING c.id, c.name;
+
+-- name: behind_frontier
+-- Maintenance, off the dispatch loop: the earliest due call of the names $1 before the
+-- frontier ($2, $3), if any (one a notification never announced: its claim was rolled
+-- back by the worker that held it, say); the dispatcher then lowers its frontier to it.
+SELECT due_at, id FROM future_calls
+WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+  AND due_at <= now() AND name = ANY ($1::text[])
+  AND (due_at, id) < ($2::timestamptz, $3::bigint)
+ORDER BY due_at, id
+LIMIT 1;
 
 -- name: list
 -- Calls matching the optional filters, by due time.

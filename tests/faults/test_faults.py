@@ -181,3 +181,22 @@ async def test_sigterm_lets_calls_in_flight_finish_within_the_grace(
         await conn.close()
     assert {r["state"] for r in rows} == {"scheduled"}  # the rest wait, none claimed
     assert {r["n"] for r in rows} | set(in_flight) == set(range(30))
+
+
+async def test_a_start_during_a_short_outage_waits_for_the_database(
+    fault_dsn: str, cluster: Cluster
+):
+    """A worker (re)started while the database restarts or fails over comes up once the
+    database is back, within connect_timeout, instead of failing the app's startup."""
+    cluster.stop()
+    futurecalls = FutureCalls(fault_dsn, connect_timeout=20, poll_interval=1)
+    futurecalls.register_future_call(Record(), "record")
+    starting = asyncio.create_task(futurecalls.start())
+    await asyncio.sleep(2)
+    assert not starting.done()  # still trying, not failed
+    await asyncio.to_thread(cluster.start)
+    await asyncio.wait_for(starting, 20)
+    try:
+        assert futurecalls.worker_id is not None
+    finally:
+        await futurecalls.stop()

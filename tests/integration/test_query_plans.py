@@ -104,6 +104,17 @@ async def test_the_claim_and_its_look_ahead_use_the_indexes(
 async def test_the_chain_lock_and_the_sweep_use_the_indexes(loaded: asyncpg.Connection):
     chains = scans_of_the_table(await plan_of(loaded, "lock_due_chains", 10, timedelta(0)))
     assert chains and all(kind != "Seq Scan" for kind, _ in chains), chains
-    sweep = scans_of_the_table(await plan_of(loaded, "sweep", 12345, 20.0, 600.0, 1000))
-    assert sweep and all(kind != "Seq Scan" for kind, _ in sweep), sweep
-    assert "future_calls_running_idx" in {index for _, index in sweep}
+    for frontier in ((None, None), (datetime.now(UTC), 25_000)):
+        sweep = scans_of_the_table(await plan_of(loaded, "sweep", 12345, 20.0, *frontier))
+        assert sweep and all(kind != "Seq Scan" for kind, _ in sweep), sweep
+        assert "future_calls_due_idx" in {index for _, index in sweep}
+
+
+async def test_the_maintenance_statements_use_the_indexes(loaded: asyncpg.Connection):
+    orphans = scans_of_the_table(await plan_of(loaded, "park_orphans", 12345, 600.0, 1000))
+    assert orphans and all(kind != "Seq Scan" for kind, _ in orphans), orphans
+    behind = scans_of_the_table(
+        await plan_of(loaded, "behind_frontier", ["record"], datetime.now(UTC), 25_000)
+    )
+    assert behind and all(kind != "Seq Scan" for kind, _ in behind), behind
+    assert {index for _, index in behind} == {"future_calls_due_idx"}

@@ -50,6 +50,7 @@ async def test_a_call_the_sweep_reschedules_wakes_an_idle_dispatcher(make_future
         " max_attempts, retry_backoff, started_at)"
         " VALUES ('record', '{\"n\": 7}', now(), 'running', 999999, 1, 2, '100 ms', now())"
     )
+    await db.execute("INSERT INTO future_calls_workers (id) VALUES (999999)")  # it had one
     fc = make_futurecalls(poll_interval=60, liveness_grace=1.0)
     fc.register_future_call(recorder, "record")
     async with fc:
@@ -193,6 +194,7 @@ async def test_run_due_sweeps_the_calls_of_a_run_killed_mid_call(make_futurecall
         "INSERT INTO future_calls (name, due_at, state, owner, attempts, started_at)"
         " VALUES ('record', now(), 'running', 424242, 1, now())"
     )
+    await db.execute("INSERT INTO future_calls_workers (id) VALUES (424242)")  # its run's
     fc = make_futurecalls(execution_enabled=False, liveness_grace=0.5)
     fc.register_future_call(Recorder(), "record")
     async with fc:

@@ -33,6 +33,9 @@ UPGRADE = [
             missing_since  timestamptz
         )
     """,
+    # Calls claimed before the upgrade: their owners get rows, so sweeps can judge them.
+    "INSERT INTO future_calls_workers (id)"
+    " SELECT DISTINCT owner FROM future_calls WHERE state = 'running'",
     "COMMENT ON TABLE future_calls_workers IS"
     " 'fastapi_futurecalls: dispatchers, the call names they run, when seen gone'",
     # A chain whose next slot cannot be computed is parked as failed, where it shows.
