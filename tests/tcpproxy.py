@@ -46,6 +46,9 @@ class TcpProxy:
         self.upstream = (upstream_host, upstream_port)
         self.max_connections = max_connections
         self._flows: set[_Flow] = set()
+        # Every transport the proxy opened, held or flowing: all are aborted at close, so
+        # none is left for the garbage collector to warn about in a later test.
+        self._writers: set[asyncio.StreamWriter] = set()
         self._accepted = 0
         self._open: asyncio.Event | None = None  # cleared while new connections are held
         self._loop = asyncio.new_event_loop()
@@ -136,6 +139,13 @@ class TcpProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._accepted += 1
+        self._writers.add(writer)
+        try:
+            await self._forward(reader, writer)
+        finally:
+            self._writers.discard(writer)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._flows) >= self.max_connections:
             writer.close()
             return
@@ -151,14 +161,18 @@ class TcpProxy:
         except (OSError, TimeoutError):
             _reset(writer)
             return
+        self._writers.add(up_writer)
         flow = _Flow(client=writer, server=up_writer)
         self._flows.add(flow)
         flow.tasks = [
             asyncio.create_task(self._pump(flow, reader, up_writer)),
             asyncio.create_task(self._pump(flow, up_reader, writer)),
         ]
-        await asyncio.gather(*flow.tasks, return_exceptions=True)
-        self._flows.discard(flow)
+        try:
+            await asyncio.gather(*flow.tasks, return_exceptions=True)
+        finally:
+            self._flows.discard(flow)
+            self._writers.discard(up_writer)
 
     async def _pump(
         self, flow: _Flow, source: asyncio.StreamReader, sink: asyncio.StreamWriter
@@ -205,7 +219,13 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         self._drop_all()
-        await asyncio.sleep(0)
+        for writer in list(self._writers):
+            _reset(writer)
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
