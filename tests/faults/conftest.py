@@ -65,13 +65,7 @@ def fault_dsn(cluster: Cluster) -> Iterator[str]:
 
     asyncio.run(admin(f"CREATE DATABASE {name}"))
     dsn = with_database(cluster.admin_dsn, name)
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": dsn},
-        check=True,
-        capture_output=True,
-    )
+    migrate(dsn)
     yield dsn
     cluster.start()
     asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
