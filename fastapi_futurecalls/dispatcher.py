@@ -34,8 +34,11 @@ CHAIN_RETRY = 0.05  # seconds before looking again at a due chain another worker
 STOP_RESERVE = 3.0
 # Maintenance (calls of names no live worker runs; calls behind the frontier) runs every
 # this many poll intervals, in the background on the pool: it may walk the dead index
-# entries a long transaction elsewhere keeps, which must never stall the claim loop.
+# entries a long transaction elsewhere keeps, which must never stall the claim loop. As
+# those pile up its scans grow longer, and it then waits longer between runs, so that it
+# never takes more than MAINTENANCE_SHARE of the time.
 MAINTENANCE_EVERY = 6
+MAINTENANCE_SHARE = 0.02
 ORPHANS_PER_RUN = 1000
 
 
@@ -175,12 +178,11 @@ class Dispatcher:
         sweep = await self._worker.sweep(self._frontier)
         self._log_sweep(sweep)
         now = self._loop.time()
-        if now >= self._maintenance_at and self._recorded is None:
-            self._maintenance_at = now + MAINTENANCE_EVERY * self._settings.poll_interval
-            if self._maintenance is None or self._maintenance.done():
-                self._maintenance = asyncio.create_task(
-                    self._maintain(), name="fastapi_futurecalls.maintenance"
-                )
+        idle = self._maintenance is None or self._maintenance.done()
+        if now >= self._maintenance_at and idle and self._recorded is None:
+            self._maintenance = asyncio.create_task(
+                self._maintain(), name="fastapi_futurecalls.maintenance"
+            )
         if sweep.missing:  # come back when the first of them may be judged
             soon = max(self._settings.liveness_grace / 2, 0.2)
             self._tick_at = min(self._tick_at, self._loop.time() + soon)
@@ -446,6 +448,7 @@ class Dispatcher:
     async def _maintain(self) -> None:
         """Park calls of names no live worker registers; lower the frontier to a due call
         behind it that no notification announced. Never raises: the next run retries."""
+        began = self._loop.time()
         try:
             for row in await self._store.park_orphans(
                 self._worker.namespace, self._settings.unknown_name_grace, ORPHANS_PER_RUN
@@ -465,6 +468,11 @@ class Dispatcher:
                     self._announce(self._worker.loop_time(epoch), epoch)
         except (DatabaseError, ConfigurationError) as exc:
             logger.warning("future calls maintenance failed (%s); retrying later", exc)
+        ended = self._loop.time()
+        self._maintenance_at = ended + max(
+            MAINTENANCE_EVERY * self._settings.poll_interval,
+            (ended - began) / MAINTENANCE_SHARE,
+        )
 
     def _advance_frontier(self, earliest: tuple[datetime, int]) -> None:
         """After a claim that took calls: start the next one at the batch's earliest

@@ -386,7 +386,10 @@ WITH live AS (
         finished_at = CASE WHEN c.attempts < c.max_attempts THEN NULL ELSE now() END,
         owner = NULL,
         last_error = 'interrupted: its worker''s database session ended while it ran'
-    WHERE c.state = 'running' AND c.owner IN (SELECT id FROM gone)
+    -- = ANY(ARRAY(...)): with no dead worker (every tick but a few) the index of running
+    -- rows is not entered at all; a semi-join could walk it whole, and under a long
+    -- transaction elsewhere it keeps a dead entry for every call ever claimed.
+    WHERE c.state = 'running' AND c.owner = ANY (ARRAY(SELECT id FROM gone))
     RETURNING c.id, c.name, c.state, c.due_at
 ), retried AS (
     SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) AS sent,

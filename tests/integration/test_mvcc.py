@@ -6,14 +6,17 @@ schedule-once and inspection keep working."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
 from fastapi_futurecalls import FutureCall, PlannedCall, Session
+from fastapi_futurecalls.sql import QUERIES
 from tests.support import Item, wait_for
 
 
@@ -95,3 +98,42 @@ async def test_under_a_held_transaction_calls_run_once_in_due_order(make_futurec
         "SELECT state, backend_xmin FROM pg_stat_activity WHERE pid = $1", held.get_server_pid()
     )
     assert state == "idle in transaction" and xmin is not None
+
+
+def _blocks_read_through(plan: dict[str, Any], index: str) -> int:
+    """Buffers (hit or read) that the plan's scans of ``index`` touched."""
+    own = (
+        plan.get("Shared Hit Blocks", 0) + plan.get("Shared Read Blocks", 0)
+        if plan.get("Index Name") == index
+        else 0
+    )
+    return own + sum(_blocks_read_through(child, index) for child in plan.get("Plans", []))
+
+
+async def test_the_sweep_does_not_walk_the_runs_a_held_transaction_keeps(
+    make_futurecalls, db, held
+):
+    """Every claimed call leaves an entry in the index of running rows that vacuum cannot
+    remove while a transaction is held; the sweep runs every tick on the claim loop's
+    connection, so it must not walk them when no worker is dead."""
+    worker = make_futurecalls(poll_interval=60, concurrency_limit=100)
+    ordered = Ordered()
+    worker.register_future_call(ordered, "ordered")
+    async with worker:
+        await worker.session().future_calls_batch(
+            [PlannedCall("ordered", Item(n=n)) for n in range(3000)]
+        )
+        await wait_for(lambda: len(ordered.ran) == 3000, within=60)
+        namespace = await db.fetchval(QUERIES["table_namespace"].split(";")[0])
+        await db.execute("ANALYZE future_calls")  # as autovacuum does
+        await db.execute("SET plan_cache_mode = force_generic_plan")  # as the dispatcher does
+        raw = await db.fetchval(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["sweep"],
+            namespace,
+            20.0,
+            datetime.now(UTC),
+            0,
+        )
+    touched = _blocks_read_through(json.loads(raw)[0]["Plan"], "future_calls_running_idx")
+    # Walking the 3,000 dead entries and their heap rows touches hundreds of pages.
+    assert touched < 10, f"the sweep touched {touched} pages through the running index"
