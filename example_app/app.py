@@ -6,6 +6,12 @@
   keeps a single pending one per user).
 - A daily digest goes out at 08:00 UTC: a recurring call that every worker declares at
   startup, and that exists once.
+- The mail provider takes at most 5 connections from all our pods together:
+  ``fleet_limit = 5`` on the mail call. A password-reset mail is scheduled with
+  ``priority=10``, so it never waits behind a backlog of drip mails, and the mail call
+  uses its run's ``session.call.key`` as the provider's idempotency key.
+- ``POST /admin/mail/pause`` stops sending mails while the provider is down (they are
+  still scheduled); ``POST /admin/mail/resume`` sends them again.
 
 The "mail" is a log line. Run it with ``make run`` (two uvicorn workers).
 """
@@ -17,7 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel
 
 from fastapi_futurecalls import FutureCall, FutureCalls, Session
@@ -50,10 +56,19 @@ class Mail(BaseModel):
 class SendMail(FutureCall[Mail]):
     max_attempts = 3  # a mail server hiccup should not lose the mail
     retry_backoff = timedelta(minutes=1)
+    fleet_limit = 5  # the provider's connection limit, across every worker and pod
 
     async def invoke(self, session: Session, object: Mail | None) -> None:
         assert object is not None
-        logger.info("mail %r to %s <%s>", object.template, object.name, object.email)
+        # A real provider gets session.call.key as its idempotency key: a retry of a run
+        # that sent the mail but could not record it is then recognised.
+        logger.info(
+            "mail %r to %s <%s>",
+            object.template,
+            object.name,
+            object.email,
+            extra={"idempotency_key": session.call.key},
+        )
 
 
 class SendDigest(FutureCall):  # type: ignore[type-arg]  # takes no data
@@ -108,6 +123,31 @@ async def activity(body: Signup, session: Session = Depends(futurecalls.session)
         "sendMail", mail, IDLE_AFTER, identifier=idle_reminder(body.user_id), if_exists="replace"
     )
     return {"reminder": call_id}
+
+
+@app.post("/password-reset")
+async def password_reset(
+    body: Signup, session: Session = Depends(futurecalls.session)
+) -> dict[str, int]:
+    """Sent at once, ahead of every drip mail that is due (priority 10 > 0)."""
+    mail = Mail(template="password reset", **body.model_dump())
+    call_id = await session.future_call_with_delay("sendMail", mail, timedelta(0), priority=10)
+    return {"id": call_id}
+
+
+@app.post("/admin/mail/{action}")
+async def mail_switch(
+    action: str, session: Session = Depends(futurecalls.session)
+) -> dict[str, object]:
+    """``pause`` while the mail provider is down (mails are still scheduled), then
+    ``resume``. A real app puts this behind its admin authentication."""
+    if action == "pause":
+        await session.pause_future_calls("sendMail")
+    elif action == "resume":
+        await session.resume_future_calls("sendMail")
+    else:
+        raise HTTPException(404, f"no action {action!r}: pause or resume")
+    return {"paused": await session.paused_future_calls()}
 
 
 @app.post("/unsubscribe/{user_id}")

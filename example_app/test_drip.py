@@ -6,6 +6,7 @@ that would fall due in that span right now, in due order, against the real datab
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
@@ -55,3 +56,19 @@ async def test_activity_keeps_one_reminder_and_unsubscribe_cancels_it(client, ca
     assert (await client.post("/unsubscribe/1")).json() == {"cancelled": 1}
     assert (await run_due(futurecalls, within=timedelta(days=30))).completed == 0
     assert mails(caplog) == []
+
+
+async def test_a_password_reset_goes_ahead_and_a_paused_mail_waits(client, caplog):
+    caplog.set_level(logging.INFO, logger="example_app.mail")
+    assert (await client.post("/admin/mail/pause")).json() == {"paused": ["sendMail"]}
+    for user_id in range(2, 5):
+        await client.post("/signup", json={**ADA, "user_id": user_id})
+    await asyncio.sleep(2.1)  # the welcome mails fall due, before the reset is asked for
+    await client.post("/password-reset", json=ADA)
+    assert (await run_due(futurecalls, within=timedelta(minutes=1))).completed == 0
+    assert mails(caplog) == []  # paused: scheduled, not sent
+    assert (await client.post("/admin/mail/resume")).json() == {"paused": []}
+    sent = await run_due(futurecalls, within=timedelta(minutes=1))
+    assert sent.ok and sent.completed == 4
+    # The reset was scheduled last and is due last of these, yet goes first: priority 10.
+    assert [m.split("'")[1] for m in mails(caplog)] == ["password reset"] + ["welcome"] * 3

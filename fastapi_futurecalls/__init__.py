@@ -1,6 +1,7 @@
 """Durable future calls for FastAPI: scheduled in PostgreSQL, run once across workers."""
 
 from .calls import FutureCall
+from .context import CallContext, current_call
 from .errors import (
     ConfigurationError,
     DatabaseError,
@@ -10,6 +11,7 @@ from .errors import (
     InvalidScheduleError,
     NotRegisteredError,
     RegistrationError,
+    RetryLater,
     SchemaMissingError,
 )
 from .futurecalls import DueRun, FutureCalls
@@ -18,6 +20,7 @@ from .session import IfExists, PlannedCall, Session
 from .settings import Settings
 
 __all__ = [
+    "CallContext",
     "CallState",
     "ConfigurationError",
     "DatabaseError",
@@ -33,7 +36,9 @@ __all__ = [
     "NotRegisteredError",
     "PlannedCall",
     "RegistrationError",
+    "RetryLater",
     "SchemaMissingError",
     "Session",
     "Settings",
+    "current_call",
 ]

@@ -22,6 +22,8 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 DECODE_ERRORS = (ValidationError, ValueError)
 MAX_NAME_LENGTH = 200
 MAX_IDENTIFIER_LENGTH = 500
+MAX_PRIORITY = 32767
+MAX_FLEET_LIMIT = 10_000
 
 
 class FutureCall(Generic[ModelT]):
@@ -35,12 +37,23 @@ class FutureCall(Generic[ModelT]):
       jitter); after the last, the call is parked as ``"failed"``.
     - ``timeout`` (default None): an ``invoke`` running longer is cancelled, and that
       counts as a failed attempt.
+
+    And how it shares the fleet:
+
+    - ``priority`` (default 0, the lowest; at most 32767): among due calls, higher
+      priority starts first; within a priority, the oldest due first. A call can be given
+      its own with ``priority=`` when it is scheduled.
+    - ``fleet_limit`` (default None: no limit): at most this many calls of this name run
+      at once across every worker on the database (``concurrency_limit`` is per
+      process). With 1, calls of the name run one at a time, in due order.
     """
 
     model: ClassVar[type[BaseModel] | None] = None
     max_attempts: ClassVar[int] = 1
     retry_backoff: ClassVar[timedelta] = timedelta(seconds=1)
     timeout: ClassVar[timedelta | None] = None
+    priority: ClassVar[int] = 0
+    fleet_limit: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -145,6 +158,23 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._calls)
 
+    def fleet_limits(self) -> dict[str, int]:
+        """The names with a ``fleet_limit``, and their limits."""
+        return {
+            name: call.fleet_limit
+            for name, call in sorted(self._calls.items())
+            if call.fleet_limit is not None
+        }
+
+
+def check_priority(priority: object, what: str = "priority") -> int:
+    """A priority, or a clear error."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidScheduleError(f"{what} must be an int, got {type(priority).__name__}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidScheduleError(f"{what} must be from 0 to {MAX_PRIORITY}, got {priority}")
+    return priority
+
 
 def _check_policy(call: FutureCall[Any]) -> None:
     kind = type(call).__name__
@@ -158,4 +188,15 @@ def _check_policy(call: FutureCall[Any]) -> None:
     if timeout is not None and (not isinstance(timeout, timedelta) or timeout <= timedelta(0)):
         raise RegistrationError(
             f"{kind}.timeout must be None or a positive timedelta, not {timeout!r}"
+        )
+    try:
+        check_priority(call.priority, f"{kind}.priority")
+    except InvalidScheduleError as exc:
+        raise RegistrationError(str(exc)) from None
+    limit = call.fleet_limit
+    if limit is not None and (
+        not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_FLEET_LIMIT
+    ):
+        raise RegistrationError(
+            f"{kind}.fleet_limit must be None or an int from 1 to {MAX_FLEET_LIMIT}, not {limit!r}"
         )

@@ -153,6 +153,76 @@ def cancel(target: Target, identifier: Annotated[str, typer.Argument()]) -> None
     typer.echo(f"cancelled {run(remove)}")
 
 
+@app.command()
+def pause(target: Target, name: Annotated[str, typer.Argument(help="the call name")]) -> None:
+    """Stop every worker from starting calls of NAME (scheduling goes on) until resumed."""
+    futurecalls = load(target)
+    futurecalls.configure(execution_enabled=False)
+
+    async def act() -> bool:
+        async with futurecalls:
+            return await futurecalls.session().pause_future_calls(name)
+
+    typer.echo(f"paused {name}" if run(act) else f"{name} was paused already")
+
+
+@app.command()
+def resume(target: Target, name: Annotated[str, typer.Argument(help="the call name")]) -> None:
+    """Let workers start calls of NAME again."""
+    futurecalls = load(target)
+    futurecalls.configure(execution_enabled=False)
+
+    async def act() -> bool:
+        async with futurecalls:
+            return await futurecalls.session().resume_future_calls(name)
+
+    typer.echo(f"resumed {name}" if run(act) else f"{name} was not paused")
+
+
+@app.command()
+def paused(target: Target) -> None:
+    """List the paused call names."""
+    futurecalls = load(target)
+    futurecalls.configure(execution_enabled=False)
+
+    async def fetch() -> list[str]:
+        async with futurecalls:
+            return await futurecalls.session().paused_future_calls()
+
+    names = run(fetch)
+    typer.echo("\n".join(names) if names else "no paused names")
+
+
+@app.command()
+def prune(
+    target: Target,
+    older_than: Annotated[
+        float | None,
+        typer.Option(help="seconds since they were parked (default: the retention setting)"),
+    ] = None,
+) -> None:
+    """Delete parked calls (failed, interrupted) parked longer than the retention."""
+    futurecalls = load(target)
+    futurecalls.configure(execution_enabled=False)
+    seconds = futurecalls.settings.retention if older_than is None else older_than
+    if older_than is None and seconds == 0:
+        raise typer.BadParameter(
+            "retention is 0 (parked calls are kept forever): give --older-than SECONDS"
+        )
+    try:
+        age = timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        age = timedelta(-1)
+    if not seconds >= 0 or age < timedelta(0):
+        raise typer.BadParameter(f"--older-than must be 0 or more seconds, got {seconds}")
+
+    async def remove() -> int:
+        async with futurecalls:
+            return await futurecalls.session().prune_future_calls(age)
+
+    typer.echo(f"pruned {run(remove)}")
+
+
 def table(records: list[FutureCallRecord]) -> str:
     header = ("ID", "NAME", "STATE", "DUE (UTC)", "IDENTIFIER", "TRIES", "SCHEDULE", "LAST ERROR")
     rows = [header] + [

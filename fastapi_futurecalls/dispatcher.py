@@ -40,6 +40,9 @@ STOP_RESERVE = 3.0
 MAINTENANCE_EVERY = 6
 MAINTENANCE_SHARE = 0.02
 ORPHANS_PER_RUN = 1000
+# Retention deletes parked calls in batches of this many, at most this many per run.
+PRUNE_BATCH = 1000
+PRUNE_BATCHES_PER_RUN = 10
 
 
 class Dispatcher:
@@ -57,6 +60,9 @@ class Dispatcher:
         self._registry = registry
         self._session = session
         self._names = registry.names()
+        # Names with a fleet_limit are claimed apart, a slot each, under a per-name lock.
+        self._limits = registry.fleet_limits()
+        self._free_names = [name for name in self._names if name not in self._limits]
         self._worker = WorkerConnection(settings, store, self._names, self._announce)
         self._running: dict[asyncio.Task[Outcome], ClaimedCall] = {}
         self._outcomes: list[Outcome] = []
@@ -221,10 +227,13 @@ class Dispatcher:
                     attempts=row["attempts"],
                     max_attempts=row["max_attempts"],
                     owner=owner,
+                    started_at=row["started_at"],
+                    snoozes=row["snoozes"],
+                    priority=row["priority"],
                 )
                 for row in rows
             ),
-            key=lambda c: (c.due_at, c.id),
+            key=lambda c: (-c.priority, c.due_at, c.id),
         )
         for call in calls:
             task = asyncio.create_task(run_call(call, self._registry, self._session))
@@ -249,16 +258,20 @@ class Dispatcher:
         statement; returns the claimed rows and, last, the tail row."""
         mine = [o for o in self._outcomes if o.call.owner == owner]
         self._outcomes = [o for o in self._outcomes if o.call.owner != owner]
+        frontier = self._frontier if free and self._frontier else None
         try:
-            rows = await self._worker.fetch(
-                "claim",
-                free,
-                owner,
-                self._horizon,
-                *_columns(mine),
-                self._names,
-                *(self._frontier if free and self._frontier else (None, None)),
-            )
+            if free and self._limits:
+                async with self._worker.transaction():
+                    await self._worker.execute(
+                        "lock_fleet_names", self._settings.lock_namespace, list(self._limits)
+                    )
+                    rows = await self._worker.fetch(
+                        "claim", *self._claim_arguments(owner, free, mine, frontier)
+                    )
+            else:
+                rows = await self._worker.fetch(
+                    "claim", *self._claim_arguments(owner, free, mine, frontier)
+                )
         except DatabaseUnavailableError:
             self._outcomes[:0] = mine  # recording is idempotent: retry them
             raise
@@ -271,6 +284,27 @@ class Dispatcher:
             self._recorded.extend(mine)
         return rows
 
+    def _claim_arguments(
+        self,
+        owner: int,
+        free: int,
+        outcomes: list[Outcome],
+        frontier: tuple[datetime, int] | None,
+    ) -> tuple[Any, ...]:
+        """The claim statement's parameters, $1 to $15."""
+        columns, delays = _outcome_columns(outcomes)
+        return (
+            free,
+            owner,
+            self._horizon,
+            *columns,
+            self._free_names,
+            *(frontier if frontier is not None else (None, None)),
+            delays,
+            list(self._limits),
+            list(self._limits.values()),
+        )
+
     async def _record_one_by_one(self, owner: int, outcomes: list[Outcome]) -> None:
         """Record each outcome alone; one that the database refuses is recorded as a plain
         failure, or, if even that is refused, dropped with an error logged (the row stays
@@ -280,14 +314,7 @@ class Dispatcher:
             for attempt in (outcome, fallback):
                 try:
                     await self._worker.fetch(
-                        "claim",
-                        0,
-                        owner,
-                        self._horizon,
-                        *_columns([attempt]),
-                        self._names,
-                        None,
-                        None,
+                        "claim", *self._claim_arguments(owner, 0, [attempt], None)
                     )
                 except DatabaseUnavailableError:
                     self._outcomes[:0] = outcomes[index:]
@@ -446,8 +473,9 @@ class Dispatcher:
         self._due_at = min(due, self._announced)
 
     async def _maintain(self) -> None:
-        """Park calls of names no live worker registers; lower the frontier to a due call
-        behind it that no notification announced. Never raises: the next run retries."""
+        """Park calls of names no live worker registers; delete parked calls past the
+        retention; lower the frontier to a due call behind it that no notification
+        announced. Never raises: the next run retries."""
         began = self._loop.time()
         try:
             for row in await self._store.park_orphans(
@@ -460,9 +488,14 @@ class Dispatcher:
                     row["id"],
                     extra={"future_call_name": row["name"], "future_call_id": row["id"]},
                 )
+            if self._settings.retention > 0:
+                for _ in range(PRUNE_BATCHES_PER_RUN):
+                    pruned = await self._store.prune(self._settings.retention, PRUNE_BATCH)
+                    if pruned < PRUNE_BATCH:
+                        break
             frontier = self._frontier
             if frontier is not None:
-                behind = await self._store.behind_frontier(self._names, frontier)
+                behind = await self._store.behind_frontier(self._free_names, frontier)
                 if behind is not None:
                     epoch = behind["due_at"].timestamp()
                     self._announce(self._worker.loop_time(epoch), epoch)
@@ -524,11 +557,11 @@ def _before(db_epoch: float) -> tuple[datetime, int] | None:
         return None
 
 
-def _columns(outcomes: list[Outcome]) -> tuple[list[Any], ...]:
-    """The claim statement's outcome parameters ($4 to $9) for ``outcomes``."""
+def _outcome_columns(outcomes: list[Outcome]) -> tuple[tuple[list[Any], ...], list[Any]]:
+    """The claim statement's outcome parameters for ``outcomes``: $4 to $9, and $13."""
     done = [o.call for o in outcomes if o.state == "done"]
     other = [o for o in outcomes if o.state != "done"]
-    return (
+    columns = (
         [c.id for c in done],
         [c.attempts for c in done],
         [o.call.id for o in other],
@@ -536,3 +569,4 @@ def _columns(outcomes: list[Outcome]) -> tuple[list[Any], ...]:
         [o.state for o in other],
         [o.error for o in other],
     )
+    return columns, [o.delay for o in other]

@@ -6,12 +6,17 @@ FutureCallError
 ├── NotRegisteredError            scheduling a name nobody registered   (also LookupError)
 ├── InvalidPayloadError           data: not the call's model, not JSON  (also TypeError)
 ├── InvalidScheduleError          negative delay, bad identifier, ...   (also ValueError)
-└── DatabaseError                 the database refused or failed a statement
-    ├── DatabaseUnavailableError  the database cannot be reached (in time)
-    └── SchemaMissingError        the table is missing: run the migrations
+├── DatabaseError                 the database refused or failed a statement
+│   ├── DatabaseUnavailableError  the database cannot be reached (in time)
+│   └── SchemaMissingError        the table is missing: run the migrations
+└── RetryLater                    raised by invoke: run me again later, not a failure
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
+
+MAX_RETRY_LATER_DELAY = timedelta(days=30)
 
 
 class FutureCallError(Exception):
@@ -49,3 +54,28 @@ class DatabaseUnavailableError(DatabaseError):
 
 class SchemaMissingError(DatabaseError):
     """The future_calls table does not exist: run ``alembic upgrade head``."""
+
+
+class RetryLater(FutureCallError):
+    """Raise from ``invoke`` to be run again after ``delay`` (a timedelta, or seconds)
+    without it counting as a failed attempt: the attempt budget grows by one, and the
+    attempt number goes on counting runs. A call may retry later at most
+    ``MAX_TIMES`` times; the next request counts as a failure. ``delay`` must be from 0 to
+    30 days (a wrong one is an :class:`InvalidScheduleError`, raised from the ``raise``
+    and so recorded as the run's failure)."""
+
+    MAX_TIMES = 1000
+
+    def __init__(self, delay: timedelta | float) -> None:
+        if isinstance(delay, bool) or not isinstance(delay, (timedelta, int, float)):
+            raise InvalidScheduleError(
+                f"RetryLater takes a timedelta or seconds, not {type(delay).__name__}"
+            )
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if not 0 <= seconds <= MAX_RETRY_LATER_DELAY.total_seconds():  # NaN too
+            raise InvalidScheduleError(
+                f"RetryLater delay must be from 0 to {MAX_RETRY_LATER_DELAY.days} days, "
+                f"got {delay!r}"
+            )
+        self.delay = delay if isinstance(delay, timedelta) else timedelta(seconds=seconds)
+        super().__init__(f"retry later, in {self.delay}")

@@ -33,6 +33,7 @@ class FutureCallRecord:
     cron: str | None = None
     every: timedelta | None = None
     timezone: str | None = None
+    priority: int = 0
 
     @property
     def recurring(self) -> bool:

@@ -10,11 +10,13 @@ from datetime import datetime
 from typing import Literal
 
 from .calls import DECODE_ERRORS, Registry
+from .context import CallContext, running
+from .errors import RetryLater
 from .session import Session
 
 logger = logging.getLogger("fastapi_futurecalls")
 
-NextState = Literal["done", "scheduled", "failed", "interrupted", "released"]
+NextState = Literal["done", "scheduled", "failed", "interrupted", "released", "snoozed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +31,51 @@ class ClaimedCall:
     attempts: int
     max_attempts: int
     owner: int
+    started_at: datetime | None = None
+    snoozes: int = 0
+    priority: int = 0
+
+    def context(self) -> CallContext:
+        return CallContext(
+            id=self.id,
+            name=self.name,
+            identifier=self.identifier,
+            attempt=self.attempts,
+            max_attempts=self.max_attempts,
+            due_at=self.due_at,
+            started_at=self.started_at if self.started_at is not None else self.due_at,
+            priority=self.priority,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How a run ended, and where its row goes: deleted ("done"), back in line for another
-    attempt ("scheduled"), parked ("failed", "interrupted") with ``error``, or back in
-    line untouched ("released": claimed, but stopped before it started)."""
+    attempt ("scheduled"), parked ("failed", "interrupted") with ``error``, back in line
+    untouched ("released": claimed, but stopped before it started), or back in line
+    ``delay`` seconds on, not counted as an attempt ("snoozed": it raised RetryLater)."""
 
     call: ClaimedCall
     state: NextState = "done"
     error: str | None = None
+    delay: float | None = None
+
+
+def retry_later(call: ClaimedCall, request: RetryLater) -> Outcome:
+    """Back in line after the requested delay, up to RetryLater.MAX_TIMES times."""
+    if call.snoozes >= RetryLater.MAX_TIMES:
+        error = f"asked to retry later more than {RetryLater.MAX_TIMES} times (RetryLater)"
+        logger.error("future call %r (id %d) %s", call.name, call.id, error, extra=_log_extra(call))
+        return unsuccessful(call, error)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "future call %r (id %d) retries later, in %s",
+            call.name,
+            call.id,
+            request.delay,
+            extra=_log_extra(call),
+        )
+    return Outcome(call, "snoozed", delay=request.delay.total_seconds())
 
 
 def unsuccessful(call: ClaimedCall, error: str, *, interrupted: bool = False) -> Outcome:
@@ -91,12 +127,15 @@ async def run_call(
         )
         return Outcome(call, "failed", error)
     deadline = None if handler.timeout is None else asyncio.timeout(handler.timeout.total_seconds())
+    running.set(call.context())  # this task's own context: seen by session.call
     try:
         if deadline is None:  # no timer to arm and disarm: a fifth of a no-op call's cost
             await handler.invoke(session(), data)
         else:
             async with deadline:
                 await handler.invoke(session(), data)
+    except RetryLater as later:
+        return retry_later(call, later)
     except asyncio.CancelledError:
         logger.warning(
             "future call %r (id %d) cancelled at shutdown",

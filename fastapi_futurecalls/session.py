@@ -12,8 +12,9 @@ from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel
 
-from .calls import DECODE_ERRORS, Registry, validate_name
+from .calls import DECODE_ERRORS, Registry, check_priority, validate_name
 from .connections import Executor, driver_connection
+from .context import CallContext, current_call
 from .errors import InvalidScheduleError
 from .records import CALL_STATES, FutureCallRecord
 from .recurrence import EARLIEST, LATEST, Recurrence
@@ -24,13 +25,14 @@ from .store import CallRow, Store
 @dataclass(frozen=True, slots=True)
 class PlannedCall:
     """One call of a batch for :meth:`Session.future_calls_batch`: due at ``at``, or after
-    ``delay`` (default: now)."""
+    ``delay`` (default: now); ``priority`` None takes the FutureCall's."""
 
     name: str
     data: BaseModel | None = None
     delay: timedelta | None = None
     at: datetime | None = None
     identifier: str | None = None
+    priority: int | None = None
 
 
 IfExists = Literal["add", "skip", "replace"]
@@ -62,6 +64,7 @@ class Session:
         identifier: str | None = None,
         *,
         if_exists: IfExists = "add",
+        priority: int | None = None,
         connection: object = None,
     ) -> int:
         """Run the call registered as ``name`` with ``data`` once ``delay`` has passed,
@@ -69,7 +72,13 @@ class Session:
         ``if_exists="skip"``, the kept call's). See :meth:`future_call_at_time`."""
         _check_delay(delay)
         return await self._schedule(
-            name, data, identifier, (None, delay), if_exists=if_exists, connection=connection
+            name,
+            data,
+            identifier,
+            (None, delay),
+            if_exists=if_exists,
+            priority=priority,
+            connection=connection,
         )
 
     async def future_call_at_time(
@@ -80,10 +89,14 @@ class Session:
         identifier: str | None = None,
         *,
         if_exists: IfExists = "add",
+        priority: int | None = None,
         connection: object = None,
     ) -> int:
         """Run the call registered as ``name`` with ``data`` at ``when``; a time in the
         past runs at once. A naive ``when`` is taken as UTC. Returns the new call's id.
+
+        ``priority`` (0 to 32767; default: the FutureCall's ``priority``): among calls
+        that are due, higher priority starts first.
 
         ``if_exists`` decides, per identifier and race-free, what happens when a one-off
         call with the same identifier is pending: ``"add"`` another (default), ``"skip"``
@@ -96,6 +109,7 @@ class Session:
             identifier,
             (_aware(when), None),
             if_exists=if_exists,
+            priority=priority,
             connection=connection,
         )
 
@@ -113,7 +127,11 @@ class Session:
             at = _aware(planned.at) if planned.at is not None else None
             rows.append(
                 self._row(
-                    planned.name, planned.data, planned.identifier, (at, None if at else delay)
+                    planned.name,
+                    planned.data,
+                    planned.identifier,
+                    (at, None if at else delay),
+                    planned.priority,
                 )
             )
         if not rows:
@@ -130,6 +148,7 @@ class Session:
         every: timedelta | None = None,
         start: datetime | None = None,
         timezone: str = "UTC",
+        priority: int | None = None,
         connection: object = None,
     ) -> int:
         """Run the call registered as ``name`` with ``data`` on a schedule: ``cron`` (five
@@ -141,7 +160,7 @@ class Session:
         validate_name(identifier, "identifier")
         recurrence = Recurrence(cron, every, timezone)
         first = recurrence.first(_aware(start) if start is not None else None, datetime.now(UTC))
-        row = self._row(name, data, identifier, (first, None))
+        row = self._row(name, data, identifier, (first, None), priority)
         return await self._store.schedule_recurring(
             row, recurrence, conn=await _executor(connection)
         )
@@ -199,6 +218,41 @@ class Session:
         _check_call_id(call_id)
         return await self._store.delete(call_id)
 
+    async def pause_future_calls(self, name: str) -> bool:
+        """Stop every worker from starting calls of ``name`` until it is resumed; calls
+        already running finish, and scheduling, cancelling and inspection go on. Stored in
+        the database: it holds for every worker, at its next claim, and across restarts.
+        Returns False if ``name`` was paused already."""
+        return await self._store.pause(validate_name(name))
+
+    async def resume_future_calls(self, name: str) -> bool:
+        """Let workers start calls of ``name`` again; the dispatchers are woken at once
+        (NOTIFY). Returns False if ``name`` was not paused."""
+        return await self._store.resume(validate_name(name))
+
+    async def paused_future_calls(self) -> list[str]:
+        """The paused call names, sorted."""
+        return await self._store.paused()
+
+    async def prune_future_calls(self, older_than: timedelta) -> int:
+        """Delete the parked one-off calls (``failed``, ``interrupted``) that ended more
+        than ``older_than`` ago, in batches; returns how many. Dispatchers do this on
+        their own after the ``retention`` setting."""
+        _check_delay(older_than, "older_than")
+        pruned = 0
+        while count := await self._store.prune(older_than.total_seconds(), PRUNE_BATCH):
+            pruned += count
+            if count < PRUNE_BATCH:
+                break
+        return pruned
+
+    @property
+    def call(self) -> CallContext:
+        """Inside ``invoke``: the running call's id, name, identifier, attempt number,
+        ``max_attempts``, due and start times (see :class:`CallContext`). Raises
+        :class:`ConfigurationError` outside of a running call."""
+        return current_call()
+
     async def _schedule(
         self,
         name: str,
@@ -207,13 +261,14 @@ class Session:
         due: tuple[datetime | None, timedelta | None],
         *,
         if_exists: IfExists,
+        priority: int | None,
         connection: object,
     ) -> int:
         if if_exists not in IF_EXISTS:
             raise InvalidScheduleError(f"if_exists must be add, skip or replace, not {if_exists!r}")
         if if_exists != "add" and identifier is None:
             raise InvalidScheduleError(f"if_exists={if_exists!r} needs an identifier")
-        row = self._row(name, data, identifier, due)
+        row = self._row(name, data, identifier, due, priority)
         return await self._store.schedule(
             row, if_exists=if_exists, conn=await _executor(connection)
         )
@@ -224,6 +279,7 @@ class Session:
         data: BaseModel | None,
         identifier: str | None,
         due: tuple[datetime | None, timedelta | None],
+        priority: int | None = None,
     ) -> CallRow:
         """Validate everything before anything is stored: the row to store, or a clear
         error."""
@@ -231,6 +287,7 @@ class Session:
         if identifier is not None:
             validate_name(identifier, "identifier")
         call = self._registry.get(name)
+        priority = call.priority if priority is None else check_priority(priority)
         payload = call.encode(data)
         size = 0 if payload is None else len(payload.encode())
         if size > self._settings.max_payload_bytes:
@@ -239,7 +296,9 @@ class Session:
                 f"limit of {self._settings.max_payload_bytes} (max_payload_bytes)"
             )
         at, delay = due
-        return CallRow(name, payload, identifier, at, delay, call.max_attempts, call.retry_backoff)
+        return CallRow(
+            name, payload, identifier, at, delay, call.max_attempts, call.retry_backoff, priority
+        )
 
     def _record(self, row: Any) -> FutureCallRecord:
         call = self._registry.find(row["name"])
@@ -274,6 +333,7 @@ SAFE_DELAY = timedelta(days=365 * 7000)  # shorter delays cannot pass LATEST bef
 
 
 MAX_INT = 2**63 - 1  # ids are bigint; so is LIMIT
+PRUNE_BATCH = 1000
 
 
 def _check_call_id(call_id: object) -> None:
@@ -283,13 +343,13 @@ def _check_call_id(call_id: object) -> None:
         )
 
 
-def _check_delay(delay: object) -> None:
+def _check_delay(delay: object, what: str = "delay") -> None:
     if not isinstance(delay, timedelta):
-        raise InvalidScheduleError(f"delay must be a timedelta, got {type(delay).__name__}")
+        raise InvalidScheduleError(f"{what} must be a timedelta, got {type(delay).__name__}")
     if delay < timedelta(0):
-        raise InvalidScheduleError(f"delay must not be negative, got {delay}")
+        raise InvalidScheduleError(f"{what} must not be negative, got {delay}")
     if delay > SAFE_DELAY and delay > LATEST - datetime.now(UTC):
-        raise InvalidScheduleError(f"delay {delay} would fall due after {LATEST:%Y-%m-%d}")
+        raise InvalidScheduleError(f"{what} {delay} would fall due after {LATEST:%Y-%m-%d}")
 
 
 def _aware(when: object) -> datetime:

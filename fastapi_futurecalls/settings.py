@@ -30,6 +30,7 @@ class Settings:
     shutdown_grace: float = 20.0
     liveness_grace: float = 20.0
     unknown_name_grace: float = 600.0
+    retention: float = 14 * 86400.0
     statement_timeout: float = 10.0
     connect_timeout: float = 10.0
     pool_size: int = 10
@@ -46,6 +47,10 @@ class Settings:
         _require(self.shutdown_grace >= 0, "shutdown_grace must not be negative")
         _require(self.liveness_grace >= 0, "liveness_grace must not be negative")
         _require(self.unknown_name_grace >= 0, "unknown_name_grace must not be negative")
+        _require(
+            self.retention >= 0 and self.retention == self.retention,
+            "retention must be a number of seconds >= 0 (0 keeps parked calls forever)",
+        )
         _require(self.statement_timeout > 0, "statement_timeout must be positive")
         _require(self.connect_timeout > 0, "connect_timeout must be positive")
         _require(self.max_payload_bytes >= 1, "max_payload_bytes must be at least 1")

@@ -98,9 +98,10 @@ class CallRow:
     delay: timedelta | None
     max_attempts: int
     retry_backoff: timedelta
+    priority: int = 0
 
     def arguments(self) -> tuple[object, ...]:
-        """The parameters $1 to $7 of the schedule statement (and the columns of
+        """The parameters $1 to $8 of the schedule statement (and the columns of
         schedule_many's arrays), in order."""
         return (
             self.name,
@@ -110,6 +111,7 @@ class CallRow:
             self.delay,
             self.max_attempts,
             self.retry_backoff,
+            self.priority,
         )
 
 
@@ -299,6 +301,7 @@ class Store:
                     recurrence.every,
                     recurrence.timezone,
                     self._notify_within,
+                    row.priority,
                 )
         return int(chain_id)
 
@@ -310,6 +313,30 @@ class Store:
                 await tx.execute(self._queries["lock_chain"], identifier)
                 status = await tx.execute(self._queries["cancel"], identifier)
         return int(status.rsplit(" ", 1)[-1])
+
+    async def pause(self, name: str) -> bool:
+        """Pause ``name``; False if it was paused already."""
+        with database_errors(f"pausing {name!r}"):
+            async with self._on(None) as pooled:
+                return bool(await pooled.fetchval(self._queries["pause"], name))
+
+    async def resume(self, name: str) -> bool:
+        """Resume ``name`` and wake the dispatchers; False if it was not paused."""
+        with database_errors(f"resuming {name!r}"):
+            async with self._on(None) as pooled:
+                row = await pooled.fetchrow(self._queries["resume"], name, self._notify_within)
+        return bool(row is not None and row["resumed"])
+
+    async def paused(self) -> list[str]:
+        with database_errors("listing paused names"):
+            async with self._on(None) as pooled:
+                return [row["name"] for row in await pooled.fetch(self._queries["paused"])]
+
+    async def prune(self, older_than: float, batch: int) -> int:
+        """Delete up to ``batch`` parked calls that ended over ``older_than`` seconds ago."""
+        with database_errors("pruning parked future calls"):
+            async with self._on(None) as pooled:
+                return int(await pooled.fetchval(self._queries["prune"], older_than, batch))
 
     async def park_orphans(self, namespace: int, grace: float, limit: int) -> list[asyncpg.Record]:
         """Maintenance: park pending calls of names no live worker registers."""

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fastapi_futurecalls import FutureCall, FutureCalls, Session
-from tests.apps.worker_app import Boom, Job, Record, Retried
+from tests.apps.worker_app import Boom, Job, Limited, Record, Retried
 
 
 class Item(BaseModel):
@@ -72,19 +72,24 @@ async def wait_for(
 
 
 class RunLog:
-    """Reads the `started/done <n> <pid>` lines that tests/apps/worker_app.py appends."""
+    """Reads the `started/done <n> <pid> [<time>]` lines that tests/apps/worker_app.py
+    appends."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.touch()
 
     def events(self, kind: str) -> list[tuple[int, int]]:
-        lines = self.path.read_text().splitlines()
-        return [
-            (int(n), int(pid))
-            for event, n, pid in (line.split() for line in lines)
-            if event == kind
-        ]
+        return [(n, pid) for n, pid, _ in self.timed(kind)]
+
+    def timed(self, kind: str) -> list[tuple[int, int, float | None]]:
+        """(n, pid, time or None) of each `kind` line, in the order they were written."""
+        found = []
+        for line in self.path.read_text().splitlines():
+            event, n, pid, *more = line.split()
+            if event == kind:
+                found.append((int(n), int(pid), float(more[0]) if more else None))
+        return found
 
     def count(self, kind: str = "done") -> int:
         return len(self.events(kind))
@@ -101,6 +106,7 @@ async def schedule_jobs(
     web.register_future_call(Record(), "record")
     web.register_future_call(Retried(), "retried")
     web.register_future_call(Boom(), "boom")
+    web.register_future_call(Limited(), "limited")
     async with web:
         session = web.session()
         for job in jobs:

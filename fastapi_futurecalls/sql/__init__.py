@@ -7,12 +7,12 @@ from functools import cache
 from importlib.resources import files
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", re.MULTILINE | re.DOTALL)
-# How queries.sql names the library's objects: the table and the worker sequence, bare
+# How queries.sql names the library's objects: the tables and the worker sequence, bare
 # or in a string literal, and the NOTIFY channel.
 _NAMES = re.compile(
     r"(?P<channel>pg_notify\('future_calls')"
     r"|'(?P<literal>future_calls(?:_worker_seq)?)'"
-    r"|\bfuture_calls(?:_worker_seq|_workers)?\b"
+    r"|\bfuture_calls(?:_worker_seq|_workers|_paused)?\b"
 )
 TABLE = "future_calls"
 

@@ -7,36 +7,38 @@ SELECT to_regclass('future_calls') IS NOT NULL AS present;
 
 -- name: schedule
 -- Store one call, due at $4 or else at the database's now() + $5, and wake the
--- dispatchers if it falls due within $8 (two poll intervals): a call due later is found
+-- dispatchers if it falls due within $9 (two poll intervals): a call due later is found
 -- by their next tick anyway, and every NOTIFY takes a database-wide lock at commit.
 -- Each dispatcher keeps only the earliest due time it hears of. The payload is the due
 -- time in seconds since the epoch, absolute: it stays right however long the caller's
 -- transaction takes to commit. $6 and $7 are the call's delivery policy (max_attempts,
--- retry_backoff).
+-- retry_backoff), $8 its priority.
 WITH inserted AS (
-    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
-    VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7)
+    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
+                              priority)
+    VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7, $8)
     RETURNING id, due_at
 )
-SELECT id, CASE WHEN due_at <= now() + $8::interval
+SELECT id, CASE WHEN due_at <= now() + $9::interval
                 THEN pg_notify('future_calls', extract(epoch FROM due_at)::float8::text) END
 FROM inserted;
 
 -- name: schedule_many
 -- Store a batch in one statement (arrays, one element per call, in order) and send one
--- NOTIFY for its earliest due time, if that is within $8. Identity values follow the
+-- NOTIFY for its earliest due time, if that is within $9. Identity values follow the
 -- order of the input, so the ids come back in that order.
 WITH inserted AS (
-    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
+    INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
+                              priority)
     SELECT t.name, t.payload::json, t.identifier, COALESCE(t.at, now() + t.delay),
-           t.max_attempts, t.retry_backoff
+           t.max_attempts, t.retry_backoff, t.priority
     FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::interval[],
-                $6::integer[], $7::interval[])
-         AS t(name, payload, identifier, at, delay, max_attempts, retry_backoff)
+                $6::integer[], $7::interval[], $8::integer[])
+         AS t(name, payload, identifier, at, delay, max_attempts, retry_backoff, priority)
     RETURNING id, due_at
 )
 SELECT array_agg(id ORDER BY id) AS ids,
-       CASE WHEN min(due_at) <= now() + $8::interval
+       CASE WHEN min(due_at) <= now() + $9::interval
             THEN pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) END
 FROM inserted;
 
@@ -47,6 +49,18 @@ FROM inserted;
 SELECT pg_advisory_xact_lock(
     (coalesce($1::bigint, 'future_calls'::regclass::oid::bigint) << 32)
     | (hashtext($2)::bigint & 4294967295));
+
+-- name: lock_fleet_names
+-- Before a claim that may start calls of names with a fleet_limit ($2), in the claim's
+-- transaction: one such claim at a time per name across the fleet, so that the claim's
+-- snapshot, taken after these locks, sees every slot that earlier claims took. In the
+-- schedule-once locks' key space ($1 the namespace), in one order, so claims never
+-- deadlock.
+SELECT pg_advisory_xact_lock(k.key)
+FROM (SELECT DISTINCT (coalesce($1::bigint, 'future_calls'::regclass::oid::bigint) << 32)
+                      | (hashtext('fleet_limit ' || n)::bigint & 4294967295) AS key
+      FROM unnest($2::text[]) AS n
+      ORDER BY key) AS k;
 
 -- name: pending_one_off
 -- The pending one-off call with this identifier that if_exists="skip" keeps.
@@ -150,19 +164,24 @@ SELECT pg_backend_pid() AS pid, EXISTS (
 -- name: claim
 -- The dispatcher's one statement per turn. First it records worker $2's finished calls:
 -- done ones ($4 ids, $5 attempts) leave the table; the others ($6 ids, $7 attempts,
--- $8 next states, $9 errors) are parked, put back in line untouched ('released': claimed
--- but never started), or rescheduled for another attempt after the call's backoff
--- (doubling, with jitter, bounded). Owner and attempt number fence these writes: an
--- outcome of a run whose row was swept, or claimed again since, matches nothing.
--- Then it claims up to $1 one-off calls of the names this worker runs ($10), due by
--- now() + $3 (zero but in run_due's time travel) and not before the frontier
--- ($11, $12), oldest first; SKIP LOCKED lets many
--- dispatchers claim at the same instant without waiting on or sharing a row. A last row
--- (id NULL) carries the seconds until the next call due after that (a retry scheduled by
--- this very statement included: the look-ahead's snapshot cannot see it), computed with
--- the same now() so that no call falls between "due now" and "due later", and whether a
--- recurring chain is due, and the batch's earliest due time: the next frontier. A retry
--- also wakes the other dispatchers.
+-- $8 next states, $9 errors, $13 delays in seconds) are parked, put back in line
+-- untouched ('released': claimed but never started), rescheduled for another attempt
+-- after the call's backoff (doubling, with jitter, bounded), or rescheduled $13 seconds on
+-- without counting as an attempt ('snoozed': the call raised RetryLater). Owner and
+-- attempt number fence these writes: an outcome of a run whose row was swept, or claimed
+-- again since, matches nothing.
+-- Then it claims up to $1 one-off calls due by now() + $3 (zero but in run_due's time
+-- travel) of the names this worker runs, none of a paused name: first those of priority
+-- above 0 (highest first) of the names without a fleet limit ($10); then, for each name
+-- with one ($14, limits $15; the caller holds their lock_fleet_names locks), as many as
+-- it has free slots, in priority then due order; then priority 0 calls of $10, oldest
+-- first, from the frontier ($11, $12). SKIP LOCKED lets many dispatchers claim at the
+-- same instant without waiting on or sharing a row. A last row (id NULL) carries the
+-- seconds until the next call due after that (a retry scheduled by this very statement
+-- included: the look-ahead's snapshot cannot see it), computed with the same now() so
+-- that no call falls between "due now" and "due later", whether a recurring chain is
+-- due, and the earliest due time of the frontier scan's batch: the next frontier. A retry,
+-- a snoozed run or a freed slot of a limited name wakes the other dispatchers.
 -- Every value returned decodes whatever a row holds (an infinite due time included).
 WITH done AS (
     -- Rows are found by primary key (id = ANY), never through the index of running rows:
@@ -172,65 +191,132 @@ WITH done AS (
     USING unnest($4::bigint[], $5::integer[]) AS d(id, attempts)
     WHERE c.id = ANY ($4::bigint[]) AND c.id = d.id AND c.attempts = d.attempts
       AND c.owner IS NOT DISTINCT FROM $2 AND c.state IS NOT DISTINCT FROM 'running'
+    RETURNING c.name
 ), parked AS (
     UPDATE future_calls AS c
-    SET state = CASE WHEN p.state = 'released' THEN 'scheduled' ELSE p.state END,
-        last_error = CASE WHEN p.state = 'released' THEN c.last_error ELSE p.error END,
+    SET state = CASE WHEN p.state IN ('released', 'snoozed') THEN 'scheduled' ELSE p.state END,
+        last_error = CASE WHEN p.state IN ('released', 'snoozed') THEN c.last_error
+                          ELSE p.error END,
         owner = NULL,
+        fleet_slot = NULL,
         attempts = CASE WHEN p.state = 'released' THEN c.attempts - 1 ELSE c.attempts END,
+        max_attempts = CASE WHEN p.state = 'snoozed' AND c.max_attempts < 2147483647
+                            THEN c.max_attempts + 1 ELSE c.max_attempts END,
+        snoozes = CASE WHEN p.state = 'snoozed' THEN c.snoozes + 1 ELSE c.snoozes END,
         started_at = CASE WHEN p.state = 'released' THEN NULL ELSE c.started_at END,
-        finished_at = CASE WHEN p.state IN ('scheduled', 'released') THEN NULL ELSE now() END,
+        finished_at = CASE WHEN p.state IN ('scheduled', 'released', 'snoozed') THEN NULL
+                           ELSE now() END,
         due_at = CASE WHEN p.state = 'scheduled'
                       THEN now() + least(c.retry_backoff, interval '1 day')
                                    * power(2, least(greatest(c.attempts, 1), 17) - 1)
                                    * (0.75 + random() * 0.5)
+                      WHEN p.state = 'snoozed' THEN now() + make_interval(secs => p.delay)
                       ELSE c.due_at END
-    FROM unnest($6::bigint[], $7::integer[], $8::text[], $9::text[])
-         AS p(id, attempts, state, error)
+    FROM unnest($6::bigint[], $7::integer[], $8::text[], $9::text[], $13::float8[])
+         AS p(id, attempts, state, error, delay)
     WHERE c.id = ANY ($6::bigint[]) AND c.id = p.id AND c.attempts = p.attempts
       AND c.owner IS NOT DISTINCT FROM $2 AND c.state IS NOT DISTINCT FROM 'running'
-    RETURNING c.due_at, p.state
+    RETURNING c.name, c.due_at, p.state
+), woken AS (
+    SELECT min(w.due_at) AS due_at FROM (
+        SELECT due_at FROM parked WHERE state IN ('scheduled', 'released', 'snoozed')
+        UNION ALL
+        SELECT now() FROM parked WHERE name = ANY ($14::text[])
+        UNION ALL
+        SELECT now() FROM done WHERE name = ANY ($14::text[])
+    ) AS w
+    HAVING count(*) > 0
 ), retried AS (
-    SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) AS sent,
-           min(due_at) AS due_at
-    FROM parked WHERE state IN ('scheduled', 'released') HAVING count(*) > 0
+    SELECT pg_notify('future_calls', extract(epoch FROM due_at)::float8::text) AS sent, due_at
+    FROM woken
+), paused AS (
+    SELECT name FROM future_calls_paused
+), urgent AS (
+    SELECT id FROM future_calls
+    WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND priority > 0
+      AND due_at <= now() + $3::interval AND name = ANY ($10::text[])
+      AND name NOT IN (SELECT name FROM paused)
+    ORDER BY priority DESC, due_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), limited AS (
+    -- A slot is free when no running call of the name holds it (the unique index on
+    -- (name, fleet_slot) of running calls makes a second holder impossible). Slots of
+    -- calls this very statement records count as taken: they are free from the next turn.
+    SELECT l.name, ARRAY(
+               SELECT s FROM generate_series(1, l.cap) AS s
+               EXCEPT
+               SELECT r.fleet_slot FROM future_calls AS r
+               WHERE r.state = 'running' AND r.name = l.name AND r.fleet_slot IS NOT NULL
+               ORDER BY 1) AS free
+    FROM unnest($14::text[], $15::integer[]) AS l(name, cap)
+    WHERE l.name NOT IN (SELECT name FROM paused)
+), limited_due AS (
+    SELECT ranked.id, ranked.free[ranked.n] AS slot FROM (
+        SELECT d.id, d.priority, d.due_at, l.free,
+               row_number() OVER (PARTITION BY l.name
+                                  ORDER BY d.priority DESC, d.due_at, d.id) AS n
+        FROM limited AS l
+        CROSS JOIN LATERAL (
+            SELECT id, priority, due_at FROM future_calls
+            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND name = l.name
+              AND due_at <= now() + $3::interval
+            ORDER BY priority DESC, due_at, id
+            LIMIT least(cardinality(l.free), $1)
+            FOR UPDATE SKIP LOCKED
+        ) AS d
+    ) AS ranked
+    ORDER BY ranked.priority DESC, ranked.due_at, ranked.id
+    LIMIT greatest($1 - (SELECT count(*) FROM urgent), 0)
 ), due AS (
     -- The index scan starts at ($11, $12), the frontier: the earliest (due time, id) of
     -- this worker's previous batch (NULL: from the start). Before it lie only the dead
     -- index entries of calls already claimed, which a long transaction elsewhere keeps
-    -- from vacuum; a call that falls due behind it lowers it (NOTIFY), and every tick
-    -- scans from the start.
+    -- from vacuum, and calls this scan does not take (priority above 0, paused names);
+    -- a call that falls due behind it lowers it (NOTIFY), as does resuming a name, and
+    -- maintenance looks behind it now and then.
     SELECT id FROM future_calls
-    WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+    WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND priority = 0
       AND due_at <= now() + $3::interval AND name = ANY ($10::text[])
+      AND name NOT IN (SELECT name FROM paused)
       AND (due_at, id) >= (coalesce($11::timestamptz, '-infinity'::timestamptz),
                            coalesce($12::bigint, 0))
     ORDER BY due_at, id
-    LIMIT $1
+    LIMIT greatest($1 - (SELECT count(*) FROM urgent) - (SELECT count(*) FROM limited_due), 0)
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id, NULL::integer AS slot FROM urgent
+    UNION ALL
+    SELECT id, slot FROM limited_due
+    UNION ALL
+    SELECT id, NULL::integer FROM due
 ), claimed AS (
     -- id = ANY(array) keeps the primary-key lookup in the generic plan, which the
     -- dispatcher's connection always uses (no planning per turn).
     UPDATE future_calls AS c
     SET state = 'running', owner = $2, started_at = now(),
-        attempts = CASE WHEN c.attempts < 2147483647 THEN c.attempts + 1 ELSE c.attempts END
-    WHERE c.id = ANY (ARRAY(SELECT id FROM due))
+        attempts = CASE WHEN c.attempts < 2147483647 THEN c.attempts + 1 ELSE c.attempts END,
+        fleet_slot = (SELECT p.slot FROM picked AS p WHERE p.id = c.id)
+    WHERE c.id = ANY (ARRAY(SELECT id FROM picked))
     RETURNING c.id, c.name, c.payload, c.identifier,
               CASE WHEN isfinite(c.due_at) THEN c.due_at ELSE now() END AS due_at,
-              c.attempts, c.max_attempts, isfinite(c.due_at) AS finite
+              c.attempts, c.max_attempts, c.snoozes, c.priority, c.started_at,
+              isfinite(c.due_at) AS finite
 )
-SELECT id, name, payload, identifier, due_at, attempts, max_attempts,
-       NULL::float8 AS next_due_in, NULL::boolean AS chain_due,
+SELECT id, name, payload, identifier, due_at, attempts, max_attempts, snoozes, priority,
+       started_at, NULL::float8 AS next_due_in, NULL::boolean AS chain_due,
        NULL::timestamptz AS frontier, NULL::bigint AS frontier_id
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due,
        first.due_at, first.id
 FROM (SELECT count(*) < $1 AS drained,
              (SELECT min(due_at) FROM retried) AS retry_at
       FROM claimed) AS turn
 LEFT JOIN LATERAL (
-    SELECT due_at, id FROM claimed WHERE finite ORDER BY due_at, id LIMIT 1
+    SELECT due_at, id FROM claimed
+    WHERE finite AND id IN (SELECT id FROM due)
+    ORDER BY due_at, id LIMIT 1
 ) AS first ON true
 -- Only a turn that took fewer calls than it could asks what comes next: a full one
 -- comes straight back for more.
@@ -239,7 +325,8 @@ LEFT JOIN LATERAL (
                turn.retry_at,
                (SELECT min(due_at) FROM future_calls
                 WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
-                  AND due_at > now() + $3::interval AND name = ANY ($10::text[])),
+                  AND due_at > now() + $3::interval
+                  AND (name = ANY ($10::text[]) OR name = ANY ($14::text[]))),
                (SELECT min(due_at) FROM future_calls
                 WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
                   AND due_at > now() + $3::interval)
@@ -277,10 +364,13 @@ WITH chain AS (
     SET due_at = chain.next_due
     FROM chain
     WHERE c.id = chain.id
-    RETURNING c.id, c.name, c.payload, c.identifier, c.max_attempts, c.retry_backoff
+    RETURNING c.id, c.name, c.payload, c.identifier, c.max_attempts, c.retry_backoff,
+              c.priority
 )
-INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff)
-SELECT a.name, a.payload, a.identifier, old.due_at, a.max_attempts, a.retry_backoff
+INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
+                          priority)
+SELECT a.name, a.payload, a.identifier, old.due_at, a.max_attempts, a.retry_backoff,
+       a.priority
 FROM advanced AS a JOIN old ON old.id = a.id;
 
 -- name: park_chains
@@ -297,12 +387,13 @@ WHERE c.id = t.id AND c.state = 'scheduled';
 -- kept unless the schedule itself changed, or the chain had been parked as failed.
 WITH upserted AS (
     INSERT INTO future_calls AS c (name, payload, identifier, due_at, max_attempts,
-                                   retry_backoff, cron, every, timezone)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                   retry_backoff, cron, every, timezone, priority)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11)
     ON CONFLICT (identifier) WHERE (cron IS NOT NULL OR every IS NOT NULL)
     DO UPDATE SET
         name = EXCLUDED.name, payload = EXCLUDED.payload,
         max_attempts = EXCLUDED.max_attempts, retry_backoff = EXCLUDED.retry_backoff,
+        priority = EXCLUDED.priority,
         due_at = CASE WHEN c.state = 'scheduled' AND (c.cron, c.every, c.timezone)
                            IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
                       THEN c.due_at ELSE EXCLUDED.due_at END,
@@ -385,6 +476,7 @@ WITH live AS (
                       ELSE c.due_at END,
         finished_at = CASE WHEN c.attempts < c.max_attempts THEN NULL ELSE now() END,
         owner = NULL,
+        fleet_slot = NULL,
         last_error = 'interrupted: its worker''s database session ended while it ran'
     -- = ANY(ARRAY(...)): with no dead worker (every tick but a few) the index of running
     -- rows is not entered at all; a semi-join could walk it whole, and under a long
@@ -392,9 +484,10 @@ WITH live AS (
     WHERE c.state = 'running' AND c.owner = ANY (ARRAY(SELECT id FROM gone))
     RETURNING c.id, c.name, c.state, c.due_at
 ), retried AS (
-    SELECT pg_notify('future_calls', extract(epoch FROM min(due_at))::float8::text) AS sent,
-           min(due_at) AS due_at
-    FROM dead WHERE state = 'scheduled' HAVING count(*) > 0
+    -- Wake every dispatcher: the slots of limited names the dead worker held are free.
+    SELECT pg_notify('future_calls', extract(epoch FROM now())::float8::text) AS sent,
+           now() AS due_at
+    FROM dead HAVING count(*) > 0
 )
 SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM dead) AS changed_ids,
        (SELECT coalesce(array_agg(name ORDER BY id), '{}') FROM dead) AS changed_names,
@@ -440,12 +533,14 @@ WHERE c.id = ANY (ARRAY(
 RETURNING c.id, c.name;
 
 -- name: behind_frontier
--- Maintenance, off the dispatch loop: the earliest due call of the names $1 before the
--- frontier ($2, $3), if any (one a notification never announced: its claim was rolled
--- back by the worker that held it, say); the dispatcher then lowers its frontier to it.
+-- Maintenance, off the dispatch loop: the earliest due call that the frontier scan of the
+-- names $1 takes (priority 0, not paused) before the frontier ($2, $3), if any (one a
+-- notification never announced: its claim was rolled back by the worker that held it,
+-- say); the dispatcher then lowers its frontier to it.
 SELECT due_at, id FROM future_calls
-WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND priority = 0
   AND due_at <= now() AND name = ANY ($1::text[])
+  AND name NOT IN (SELECT name FROM future_calls_paused)
   AND (due_at, id) < ($2::timestamptz, $3::bigint)
 ORDER BY due_at, id
 LIMIT 1;
@@ -453,7 +548,7 @@ LIMIT 1;
 -- name: list
 -- Calls matching the optional filters, by due time.
 SELECT id, name, state, due_at, identifier, attempts, max_attempts, last_error, payload,
-       created_at, started_at, finished_at, cron, every, timezone
+       created_at, started_at, finished_at, cron, every, timezone, priority
 FROM future_calls
 WHERE ($1::text IS NULL OR identifier = $1)
   AND ($2::text IS NULL OR name = $2)
@@ -463,7 +558,7 @@ LIMIT $4;
 
 -- name: get
 SELECT id, name, state, due_at, identifier, attempts, max_attempts, last_error, payload,
-       created_at, started_at, finished_at, cron, every, timezone
+       created_at, started_at, finished_at, cron, every, timezone, priority
 FROM future_calls WHERE id = $1;
 
 -- name: reschedule
@@ -484,3 +579,52 @@ FROM moved;
 -- name: delete
 -- Remove a call that is not running; returns its id if it was removed.
 DELETE FROM future_calls WHERE id = $1 AND state <> 'running' RETURNING id;
+
+-- name: pause
+-- No worker starts a call of name $1 until it is resumed: every claim reads this table.
+-- True if it was not paused before.
+INSERT INTO future_calls_paused (name) VALUES ($1)
+ON CONFLICT (name) DO NOTHING
+RETURNING true;
+
+-- name: resume
+-- Let workers start calls of name $1 again, and wake them if its earliest pending call
+-- is due within $2: its calls may lie behind every dispatcher's frontier.
+WITH resumed AS (
+    DELETE FROM future_calls_paused WHERE name = $1 RETURNING name
+), first AS (
+    -- Through the name's own index: its earliest call of priority 0 (those lie behind
+    -- the frontiers), and the earliest of the others (few; they need only the wake).
+    SELECT least(
+        (SELECT due_at FROM future_calls
+         WHERE name = $1 AND priority = 0
+           AND state = 'scheduled' AND cron IS NULL AND every IS NULL
+         ORDER BY name, priority DESC, due_at LIMIT 1),
+        (SELECT min(due_at) FROM future_calls
+         WHERE name = $1 AND priority > 0
+           AND state = 'scheduled' AND cron IS NULL AND every IS NULL)) AS due_at
+    WHERE EXISTS (SELECT 1 FROM resumed)
+)
+SELECT (SELECT count(*) FROM resumed) > 0 AS resumed,
+       CASE WHEN due_at <= now() + $2::interval
+            THEN pg_notify('future_calls', extract(epoch FROM due_at)::float8::text) END
+FROM first;
+
+-- name: paused
+SELECT name FROM future_calls_paused ORDER BY name;
+
+-- name: prune
+-- Delete up to $2 parked one-off calls ('failed', 'interrupted') that ended more than $1
+-- seconds ago, oldest first; returns how many. Parked recurring chains stay.
+WITH pruned AS (
+    DELETE FROM future_calls
+    WHERE id = ANY (ARRAY(
+        SELECT id FROM future_calls
+        WHERE state IN ('failed', 'interrupted') AND cron IS NULL AND every IS NULL
+          AND finished_at < now() - make_interval(secs => $1::float8)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT count(*) FROM pruned;

@@ -3,14 +3,16 @@
 Calls append `started <n> <pid>` and `done <n> <pid>` lines to the file named by
 $FUTURECALLS_TEST_LOG (O_APPEND writes of one short line are atomic), so the tests can
 count runs without depending on the database being up. `record` runs at most once;
-`retried` has three attempts. With NEW_CODE=1 the app also registers `newname` (a
-`record` under a name only the new release has).
+`retried` has three attempts; `limited` has a fleet_limit of 3 and logs `started` and
+`done` with the time. With NEW_CODE=1 the app also registers `newname` (a `record` under
+a name only the new release has).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -36,10 +38,10 @@ class Job(BaseModel):
     sleep: float = 0.0
 
 
-def log(event: str, n: int) -> None:
+def log(event: str, n: int, *more: object) -> None:
     fd = os.open(os.environ["FUTURECALLS_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
-        os.write(fd, f"{event} {n} {os.getpid()}\n".encode())
+        os.write(fd, " ".join(map(str, (event, n, os.getpid(), *more))).encode() + b"\n")
     finally:
         os.close(fd)
 
@@ -58,6 +60,18 @@ class Retried(Record):
     retry_backoff = timedelta(milliseconds=100)
 
 
+class Limited(FutureCall[Job]):
+    """At most 3 at once across the fleet; logs its start and end with the time."""
+
+    fleet_limit = 3
+
+    async def invoke(self, session: Session, object: Job | None) -> None:
+        assert object is not None
+        log("started", object.n, time.time())
+        await asyncio.sleep(object.sleep)
+        log("done", object.n, time.time())
+
+
 class Boom(FutureCall[Job]):
     async def invoke(self, session: Session, object: Job | None) -> None:
         raise RuntimeError("boom")
@@ -67,6 +81,7 @@ futurecalls = FutureCalls()
 futurecalls.register_future_call(Boom(), "boom")
 futurecalls.register_future_call(Record(), "record")
 futurecalls.register_future_call(Retried(), "retried")
+futurecalls.register_future_call(Limited(), "limited")
 if os.environ.get("NEW_CODE") == "1":
     # The next release of this app, in the rolling-deploy test: it adds a call name that
     # the workers still running the old code do not know.
@@ -106,10 +121,16 @@ async def schedule(
     name: str = "record",
     identifier: str | None = None,
     if_exists: IfExists = "add",
+    priority: int | None = None,
     session: Session = Depends(futurecalls.session),
 ) -> dict[str, int]:
     call_id = await session.future_call_with_delay(
-        name, job, timedelta(milliseconds=delay_ms), identifier, if_exists=if_exists
+        name,
+        job,
+        timedelta(milliseconds=delay_ms),
+        identifier,
+        if_exists=if_exists,
+        priority=priority,
     )
     return {"id": call_id}
 

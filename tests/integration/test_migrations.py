@@ -61,3 +61,35 @@ async def test_an_application_s_own_alembic_includes_the_package_revisions(
     assert {"users", "future_calls"} <= await tables(db)
     heads = alembic(tmp_path, dsn, "current").stdout
     assert "app_0001 (head)" in heads and re.search(r"futurecalls_\d{4} \(head\)", heads)
+
+
+async def test_upgrading_a_table_with_calls_to_the_fleet_controls_keeps_them(
+    dsn: str, db: asyncpg.Connection
+):
+    alembic(ROOT, dsn, "downgrade", "futurecalls_0004")
+    await db.execute(
+        "INSERT INTO future_calls (name, due_at)"
+        " SELECT 'record', now() FROM generate_series(1, 100)"
+    )
+    await db.execute(
+        "INSERT INTO future_calls (name, due_at, state, owner, attempts)"
+        " VALUES ('record', now(), 'running', 7, 1)"
+    )
+    alembic(ROOT, dsn, "upgrade", "head")
+    rows = await db.fetch("SELECT state, priority, fleet_slot, snoozes FROM future_calls")
+    assert len(rows) == 101
+    assert {(r["priority"], r["fleet_slot"], r["snoozes"]) for r in rows} == {(0, None, 0)}
+    assert "future_calls_paused" in await tables(db)
+    indexes = {
+        r["indexname"]
+        for r in await db.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'future_calls'")
+    }
+    assert {
+        "future_calls_priority_idx",
+        "future_calls_name_due_idx",
+        "future_calls_fleet_slot_key",
+        "future_calls_parked_idx",
+    } <= indexes
+    alembic(ROOT, dsn, "downgrade", "futurecalls_0004")
+    assert "future_calls_paused" not in await tables(db)
+    assert await db.fetchval("SELECT count(*) FROM future_calls") == 101

@@ -65,26 +65,26 @@ async def loaded(db: asyncpg.Connection) -> asyncpg.Connection:
     return db
 
 
-@pytest.mark.parametrize("frontier", [(None, None), (datetime.now(UTC), 25_000)])
-async def test_the_claim_and_its_look_ahead_use_the_indexes(
-    loaded: asyncpg.Connection, frontier: tuple[datetime | None, int | None]
-):
+def claim_arguments(
+    frontier: tuple[datetime | None, int | None] = (None, None),
+    limits: dict[str, int] | None = None,
+    free: int = 10,
+) -> tuple[Any, ...]:
+    """The claim's parameters for a dispatcher of "record" (and ``limits``'s names)."""
     empty: list[Any] = []
-    plan = await plan_of(
-        loaded,
-        "claim",
-        10,
-        1,
-        timedelta(0),
-        empty,
-        empty,
-        empty,
-        empty,
-        empty,
-        empty,
-        ["record"],
-        *frontier,
-    )
+    limits = limits or {}
+    return (free, 1, timedelta(0), *[empty] * 6, ["record"], *frontier, empty,
+            list(limits), list(limits.values()))  # fmt: skip
+
+
+@pytest.mark.parametrize("frontier", [(None, None), (datetime.now(UTC), 25_000)])
+@pytest.mark.parametrize("limits", [None, {"capped": 3}])
+async def test_the_claim_and_its_look_ahead_use_the_indexes(
+    loaded: asyncpg.Connection,
+    frontier: tuple[datetime | None, int | None],
+    limits: dict[str, int] | None,
+):
+    plan = await plan_of(loaded, "claim", *claim_arguments(frontier, limits))
     # The claim's scan starts at the frontier: a bound of the index scan, not a filter.
     claim_scans = [
         node
@@ -99,6 +99,9 @@ async def test_the_claim_and_its_look_ahead_use_the_indexes(
     indexes = {index for _, index in scans}
     assert "future_calls_due_idx" in indexes  # the claim and the look-ahead
     assert "future_calls_chain_due_idx" in indexes  # the chains' look-ahead
+    assert "future_calls_priority_idx" in indexes  # calls of priority above 0
+    if limits:  # each limited name: its own due calls, and the slots its running calls hold
+        assert {"future_calls_name_due_idx", "future_calls_fleet_slot_key"} <= indexes
 
 
 async def test_the_chain_lock_and_the_sweep_use_the_indexes(loaded: asyncpg.Connection):
@@ -118,3 +121,44 @@ async def test_the_maintenance_statements_use_the_indexes(loaded: asyncpg.Connec
     )
     assert behind and all(kind != "Seq Scan" for kind, _ in behind), behind
     assert {index for _, index in behind} == {"future_calls_due_idx"}
+    pruned = scans_of_the_table(await plan_of(loaded, "prune", 86400.0, 1000))
+    assert {index for _, index in pruned} >= {"future_calls_parked_idx"}, pruned
+    assert all(kind != "Seq Scan" for kind, _ in pruned), pruned
+    resumed = scans_of_the_table(await plan_of(loaded, "resume", "record", timedelta(0)))
+    assert resumed and all(kind != "Seq Scan" for kind, _ in resumed), resumed
+
+
+async def test_the_claim_stays_bounded_with_a_million_pending_calls(db: asyncpg.Connection):
+    """1,000,000 calls due later, 20,000 due now (of priority 0, of a paused name and of
+    a limited name whose slots are all taken): a claim reads a few pages, not the table."""
+    await db.execute(
+        "INSERT INTO future_calls (name, due_at)"
+        " SELECT 'record', now() + g * interval '1 second' FROM generate_series(1, 1000000) AS g"
+    )
+    await db.execute(
+        "INSERT INTO future_calls (name, due_at, priority)"
+        " SELECT n, now() - interval '1 hour' + g * interval '1 ms', g % 2"
+        " FROM generate_series(1, 10000) AS g, unnest(ARRAY['capped', 'record']) AS n"
+    )
+    await db.execute(
+        "INSERT INTO future_calls (name, due_at, state, owner, attempts, fleet_slot)"
+        " SELECT 'capped', now(), 'running', 1, 1, s FROM generate_series(1, 3) AS s"
+    )
+    await db.execute("VACUUM ANALYZE future_calls")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    raw = await db.fetchval(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["claim"],
+        *claim_arguments(limits={"capped": 3}),
+    )
+    plan = json.loads(raw)[0]
+    buffers = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"].get("Shared Read Blocks", 0)
+    claimed = await db.fetchval(
+        "SELECT count(*) FROM future_calls"
+        " WHERE state = 'running' AND owner = 1 AND fleet_slot IS NULL"
+    )
+    assert claimed == 10  # priority 1 first, capped's slots all taken
+    assert (
+        await db.fetchval("SELECT count(*) FROM future_calls WHERE owner = 1 AND priority = 1")
+        == 10
+    )
+    assert buffers < 500, f"the claim read {buffers} pages"
