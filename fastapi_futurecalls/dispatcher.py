@@ -60,10 +60,17 @@ class Dispatcher:
         self._registry = registry
         self._session = session
         self._names = registry.names()
-        # Names with a fleet_limit are claimed apart, a slot each, under a per-name lock.
+        # Names with a fleet_limit are claimed apart, a slot each, under a per-name lock,
+        # by the claim statement's variant that knows them.
         self._limits = registry.fleet_limits()
         self._free_names = [name for name in self._names if name not in self._limits]
-        self._worker = WorkerConnection(settings, store, self._names, self._announce)
+        self._claim_statement = "claim_fleet_limits" if self._limits else "claim"
+        self._worker = WorkerConnection(
+            settings, store, self._names, self._announce, self._pauses_changed
+        )
+        # The paused names, as the last sweep or paused statement read them; None: to be
+        # read again before the next claim (a NOTIFY said they changed, or at start).
+        self._paused: frozenset[str] | None = None
         self._running: dict[asyncio.Task[Outcome], ClaimedCall] = {}
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
@@ -166,6 +173,8 @@ class Dispatcher:
     async def _step(self) -> None:
         if self._loop.time() >= self._tick_at:
             await self._tick()
+        if self._paused is None:
+            self._paused = frozenset(row["name"] for row in await self._worker.fetch("paused"))
         free = self._settings.concurrency_limit - len(self._running)
         if free > 0 and self._loop.time() >= self._due_at and not self._stopping:
             await self._claim(free)  # records finished calls in the same statement
@@ -182,6 +191,7 @@ class Dispatcher:
             await self._reconcile(number)
         await self._release_idle_numbers()
         sweep = await self._worker.sweep(self._frontier)
+        self._paused = sweep.paused
         self._log_sweep(sweep)
         now = self._loop.time()
         idle = self._maintenance is None or self._maintenance.done()
@@ -266,11 +276,11 @@ class Dispatcher:
                         "lock_fleet_names", self._settings.lock_namespace, list(self._limits)
                     )
                     rows = await self._worker.fetch(
-                        "claim", *self._claim_arguments(owner, free, mine, frontier)
+                        self._claim_statement, *self._claim_arguments(owner, free, mine, frontier)
                     )
             else:
                 rows = await self._worker.fetch(
-                    "claim", *self._claim_arguments(owner, free, mine, frontier)
+                    self._claim_statement, *self._claim_arguments(owner, free, mine, frontier)
                 )
         except DatabaseUnavailableError:
             self._outcomes[:0] = mine  # recording is idempotent: retry them
@@ -291,19 +301,23 @@ class Dispatcher:
         outcomes: list[Outcome],
         frontier: tuple[datetime, int] | None,
     ) -> tuple[Any, ...]:
-        """The claim statement's parameters, $1 to $15."""
+        """The claim statement's parameters: $1 to $13, and $14, $15 for its variant
+        with fleet limits."""
         columns, delays = _outcome_columns(outcomes)
-        return (
+        paused = self._paused or frozenset()
+        arguments = (
             free,
             owner,
             self._horizon,
             *columns,
-            self._free_names,
+            [name for name in self._free_names if name not in paused],
             *(frontier if frontier is not None else (None, None)),
             delays,
-            list(self._limits),
-            list(self._limits.values()),
         )
+        if not self._limits:
+            return arguments
+        limits = {name: n for name, n in self._limits.items() if name not in paused}
+        return (*arguments, list(limits), list(limits.values()))
 
     async def _record_one_by_one(self, owner: int, outcomes: list[Outcome]) -> None:
         """Record each outcome alone; one that the database refuses is recorded as a plain
@@ -314,7 +328,7 @@ class Dispatcher:
             for attempt in (outcome, fallback):
                 try:
                     await self._worker.fetch(
-                        "claim", *self._claim_arguments(owner, 0, [attempt], None)
+                        self._claim_statement, *self._claim_arguments(owner, 0, [attempt], None)
                     )
                 except DatabaseUnavailableError:
                     self._outcomes[:0] = outcomes[index:]
@@ -488,6 +502,8 @@ class Dispatcher:
                     row["id"],
                     extra={"future_call_name": row["name"], "future_call_id": row["id"]},
                 )
+            if self._limits:
+                await self._store.mark_limited(list(self._limits), ORPHANS_PER_RUN)
             if self._settings.retention > 0:
                 for _ in range(PRUNE_BATCHES_PER_RUN):
                     pruned = await self._store.prune(self._settings.retention, PRUNE_BATCH)
@@ -495,7 +511,9 @@ class Dispatcher:
                         break
             frontier = self._frontier
             if frontier is not None:
-                behind = await self._store.behind_frontier(self._free_names, frontier)
+                paused = self._paused or frozenset()
+                names = [name for name in self._free_names if name not in paused]
+                behind = await self._store.behind_frontier(names, frontier)
                 if behind is not None:
                     epoch = behind["due_at"].timestamp()
                     self._announce(self._worker.loop_time(epoch), epoch)
@@ -515,6 +533,11 @@ class Dispatcher:
             self._frontier = None if notified is None else min(earliest, notified)
         else:
             self._frontier = earliest
+
+    def _pauses_changed(self) -> None:
+        """A NOTIFY: a name was paused or resumed; read them again before claiming."""
+        self._paused = None
+        self._wake.set()
 
     def _announce(self, due: float, db_epoch: float | None = None) -> None:
         """A NOTIFY (or a dropped connection): something may be due at loop time ``due``

@@ -297,7 +297,15 @@ class Session:
             )
         at, delay = due
         return CallRow(
-            name, payload, identifier, at, delay, call.max_attempts, call.retry_backoff, priority
+            name,
+            payload,
+            identifier,
+            at,
+            delay,
+            call.max_attempts,
+            call.retry_backoff,
+            priority,
+            limited=call.fleet_limit is not None,
         )
 
     def _record(self, row: Any) -> FutureCallRecord:

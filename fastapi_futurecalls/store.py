@@ -99,9 +99,10 @@ class CallRow:
     max_attempts: int
     retry_backoff: timedelta
     priority: int = 0
+    limited: bool = False  # its name has a fleet_limit
 
     def arguments(self) -> tuple[object, ...]:
-        """The parameters $1 to $8 of the schedule statement (and the columns of
+        """The parameters $1 to $9 of the schedule statement (and the columns of
         schedule_many's arrays), in order."""
         return (
             self.name,
@@ -112,6 +113,7 @@ class CallRow:
             self.max_attempts,
             self.retry_backoff,
             self.priority,
+            self.limited,
         )
 
 
@@ -302,6 +304,7 @@ class Store:
                     recurrence.timezone,
                     self._notify_within,
                     row.priority,
+                    row.limited,
                 )
         return int(chain_id)
 
@@ -318,19 +321,28 @@ class Store:
         """Pause ``name``; False if it was paused already."""
         with database_errors(f"pausing {name!r}"):
             async with self._on(None) as pooled:
-                return bool(await pooled.fetchval(self._queries["pause"], name))
+                row = await pooled.fetchrow(self._queries["pause"], name)
+        return bool(row is not None and row["changed"])
 
     async def resume(self, name: str) -> bool:
         """Resume ``name`` and wake the dispatchers; False if it was not paused."""
         with database_errors(f"resuming {name!r}"):
             async with self._on(None) as pooled:
                 row = await pooled.fetchrow(self._queries["resume"], name, self._notify_within)
-        return bool(row is not None and row["resumed"])
+        return bool(row is not None and row["changed"])
 
     async def paused(self) -> list[str]:
         with database_errors("listing paused names"):
             async with self._on(None) as pooled:
                 return [row["name"] for row in await pooled.fetch(self._queries["paused"])]
+
+    async def mark_limited(self, names: list[str], batch: int) -> int:
+        """Maintenance: bring calls of ``names`` scheduled without their fleet_limit
+        under it; how many."""
+        with database_errors("marking calls of limited names"):
+            async with self._on(None) as pooled:
+                status = await pooled.execute(self._queries["mark_limited"], names, batch)
+        return int(status.rsplit(" ", 1)[-1])
 
     async def prune(self, older_than: float, batch: int) -> int:
         """Delete up to ``batch`` parked calls that ended over ``older_than`` seconds ago."""

@@ -60,6 +60,7 @@ class Sweep:
     changed: list[tuple[int, str, str]]  # (id, name, new state or "orphaned")
     missing: list[int]  # worker numbers seen missing, not judged dead yet
     next_due_in: float | None
+    paused: frozenset[str] = frozenset()  # the paused call names
 
 
 @dataclass(slots=True)
@@ -82,11 +83,13 @@ class WorkerConnection:
         store: Store,
         names: Sequence[str],
         on_due: Callable[[float, float | None], None],
+        on_paused: Callable[[], None],
     ) -> None:
         self._settings = settings
         self._store = store
         self._names = list(names)
         self._on_due = on_due
+        self._on_paused = on_paused
         self._queries = queries_for(settings.schema)
         self._channel = channel(settings.schema)
         self._loop = asyncio.get_running_loop()
@@ -339,7 +342,7 @@ class WorkerConnection:
         changed = list(
             zip(row["changed_ids"], row["changed_names"], row["changed_states"], strict=True)
         )
-        return Sweep(changed, list(row["missing"]), row["next_due_in"])
+        return Sweep(changed, list(row["missing"]), row["next_due_in"], frozenset(row["paused"]))
 
     # -- notifications ---------------------------------------------------------------------
 
@@ -348,6 +351,9 @@ class WorkerConnection:
         return db_epoch - self._clock_offset
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        if payload == "paused":  # a name was paused or resumed
+            self._on_paused()
+            return
         try:
             epoch = float(str(payload))
         except ValueError:

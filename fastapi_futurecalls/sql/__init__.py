@@ -17,12 +17,32 @@ _NAMES = re.compile(
 TABLE = "future_calls"
 
 
+# A block may hold two statements: the lines between "-- [variant" and "-- variant]"
+# belong only to the statement named "<name>_<variant>".
+_VARIANT = re.compile(r"^\s*-- \[(\w+)\n(.*?)^\s*-- \1\]\n", re.MULTILINE | re.DOTALL)
+
+
+def _statement(body: str) -> str:
+    lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
+    return "\n".join(lines).strip()
+
+
+def _keep(variant: str, body: str) -> str:
+    """``body`` with the lines of ``variant`` kept and those of any other dropped."""
+
+    def choose(match: re.Match[str]) -> str:
+        return match[2] if match[1] == variant else ""
+
+    return _VARIANT.sub(choose, body)
+
+
 def _load() -> dict[str, str]:
     text = files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
     queries = {}
     for name, body in _BLOCK.findall(text):
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name] = "\n".join(lines).strip()
+        queries[name] = _statement(_VARIANT.sub("", body))
+        for variant in {found for found, _ in _VARIANT.findall(body)}:
+            queries[f"{name}_{variant}"] = _statement(_keep(variant, body))
     return queries
 
 

@@ -88,6 +88,26 @@ async def test_a_fleet_limit_caps_calls_at_once_and_frees_slots_as_calls_end(mak
     assert took < 10
 
 
+async def test_calls_scheduled_without_the_limit_are_brought_under_it(make_futurecalls, db):
+    """Calls of a name scheduled by code that had no fleet_limit for it (before the
+    deploy that added one): the dispatchers' maintenance marks them, then they run under
+    the limit."""
+
+    class Capped(Recorder):
+        fleet_limit = 1
+
+    await db.execute(
+        "INSERT INTO future_calls (name, payload, due_at)"
+        " SELECT 'capped', json_build_object('n', g), now() FROM generate_series(1, 6) AS g"
+    )
+    capped = Capped(sleep=0.05)
+    worker = make_futurecalls(concurrency_limit=10, poll_interval=0.2)
+    worker.register_future_call(capped, "capped")
+    async with worker:
+        await wait_for(lambda: len(capped.calls) == 6, within=15)
+    assert capped.max_active == 1
+
+
 def test_fleet_limit_and_priority_are_checked_at_registration(make_futurecalls):
     fc = make_futurecalls()
     for attribute, value in [

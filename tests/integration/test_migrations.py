@@ -86,7 +86,7 @@ async def test_upgrading_a_table_with_calls_to_the_fleet_controls_keeps_them(
     }
     assert {
         "future_calls_priority_idx",
-        "future_calls_name_due_idx",
+        "future_calls_limited_due_idx",
         "future_calls_fleet_slot_key",
         "future_calls_parked_idx",
     } <= indexes

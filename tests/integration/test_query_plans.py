@@ -65,16 +65,18 @@ async def loaded(db: asyncpg.Connection) -> asyncpg.Connection:
     return db
 
 
-def claim_arguments(
+def claim(
     frontier: tuple[datetime | None, int | None] = (None, None),
     limits: dict[str, int] | None = None,
     free: int = 10,
-) -> tuple[Any, ...]:
-    """The claim's parameters for a dispatcher of "record" (and ``limits``'s names)."""
+) -> tuple[str, tuple[Any, ...]]:
+    """The claim statement and its parameters for a dispatcher of "record" (and of
+    ``limits``'s names, which takes the variant with fleet limits)."""
     empty: list[Any] = []
-    limits = limits or {}
-    return (free, 1, timedelta(0), *[empty] * 6, ["record"], *frontier, empty,
-            list(limits), list(limits.values()))  # fmt: skip
+    arguments = (free, 1, timedelta(0), *[empty] * 6, ["record"], *frontier, empty)
+    if not limits:
+        return "claim", arguments
+    return "claim_fleet_limits", (*arguments, list(limits), list(limits.values()))
 
 
 @pytest.mark.parametrize("frontier", [(None, None), (datetime.now(UTC), 25_000)])
@@ -84,7 +86,8 @@ async def test_the_claim_and_its_look_ahead_use_the_indexes(
     frontier: tuple[datetime | None, int | None],
     limits: dict[str, int] | None,
 ):
-    plan = await plan_of(loaded, "claim", *claim_arguments(frontier, limits))
+    statement, arguments = claim(frontier, limits)
+    plan = await plan_of(loaded, statement, *arguments)
     # The claim's scan starts at the frontier: a bound of the index scan, not a filter.
     claim_scans = [
         node
@@ -101,7 +104,7 @@ async def test_the_claim_and_its_look_ahead_use_the_indexes(
     assert "future_calls_chain_due_idx" in indexes  # the chains' look-ahead
     assert "future_calls_priority_idx" in indexes  # calls of priority above 0
     if limits:  # each limited name: its own due calls, and the slots its running calls hold
-        assert {"future_calls_name_due_idx", "future_calls_fleet_slot_key"} <= indexes
+        assert {"future_calls_limited_due_idx", "future_calls_fleet_slot_key"} <= indexes
 
 
 async def test_the_chain_lock_and_the_sweep_use_the_indexes(loaded: asyncpg.Connection):
@@ -121,6 +124,8 @@ async def test_the_maintenance_statements_use_the_indexes(loaded: asyncpg.Connec
     )
     assert behind and all(kind != "Seq Scan" for kind, _ in behind), behind
     assert {index for _, index in behind} == {"future_calls_due_idx"}
+    marked = scans_of_the_table(await plan_of(loaded, "mark_limited", ["capped"], 1000))
+    assert marked and all(kind != "Seq Scan" for kind, _ in marked), marked
     pruned = scans_of_the_table(await plan_of(loaded, "prune", 86400.0, 1000))
     assert {index for _, index in pruned} >= {"future_calls_parked_idx"}, pruned
     assert all(kind != "Seq Scan" for kind, _ in pruned), pruned
@@ -136,8 +141,9 @@ async def test_the_claim_stays_bounded_with_a_million_pending_calls(db: asyncpg.
         " SELECT 'record', now() + g * interval '1 second' FROM generate_series(1, 1000000) AS g"
     )
     await db.execute(
-        "INSERT INTO future_calls (name, due_at, priority)"
-        " SELECT n, now() - interval '1 hour' + g * interval '1 ms', g % 2"
+        "INSERT INTO future_calls (name, due_at, priority, fleet_slot)"
+        " SELECT n, now() - interval '1 hour' + g * interval '1 ms', g % 2,"
+        "        CASE WHEN n = 'capped' THEN 0 END"
         " FROM generate_series(1, 10000) AS g, unnest(ARRAY['capped', 'record']) AS n"
     )
     await db.execute(
@@ -146,9 +152,9 @@ async def test_the_claim_stays_bounded_with_a_million_pending_calls(db: asyncpg.
     )
     await db.execute("VACUUM ANALYZE future_calls")
     await db.execute("SET plan_cache_mode = force_generic_plan")
+    statement, arguments = claim(limits={"capped": 3})
     raw = await db.fetchval(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["claim"],
-        *claim_arguments(limits={"capped": 3}),
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES[statement], *arguments
     )
     plan = json.loads(raw)[0]
     buffers = plan["Plan"]["Shared Hit Blocks"] + plan["Plan"].get("Shared Read Blocks", 0)

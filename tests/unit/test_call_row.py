@@ -29,6 +29,7 @@ def test_arguments_follow_the_fields_and_fill_the_schedule_statements():
         "max_attempts",
         "retry_backoff",
         "priority",
+        "limited",
     ]
     # The row's fields, then the notification window the store adds.
     assert parameters(QUERIES["schedule"]) == set(range(1, len(fields) + 2))

@@ -29,3 +29,13 @@ def test_every_statement_names_the_schema_s_objects() -> None:
 def test_a_quote_in_the_schema_name_is_doubled_inside_literals() -> None:
     sql = queries_for("it's")["check_schema"]
     assert "to_regclass('\"it''s\".future_calls')" in sql
+
+
+def test_the_claim_comes_in_two_variants_one_without_the_fleet_limits() -> None:
+    plain, limited = QUERIES["claim"], QUERIES["claim_fleet_limits"]
+    assert "limited_due" not in plain and "$14" not in plain and "fleet_slot = (SELECT" not in plain
+    assert "limited_due" in limited and "$15" in limited and "fleet_slot = (SELECT" in limited
+    assert "fleet_limits" not in plain + limited  # no marker left behind
+    # Apart from the variant's lines, the two are the same statement.
+    assert set(plain.splitlines()) <= set(limited.splitlines())
+    assert '"s".future_calls_paused' in queries_for("s")["paused"]

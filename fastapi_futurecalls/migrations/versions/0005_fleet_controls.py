@@ -6,9 +6,9 @@ Revises: futurecalls_0004
 Create Date: 2026-12-01
 
 Every column is added without a table rewrite (a constant default). The indexes are
-built in the migration's transaction: the partial ones read the table once and hold
-almost nothing; the per-name index holds every pending one-off call, and writes wait for
-its build (about a second per million pending calls on a small machine).
+partial and start empty (no existing row has a priority, a slot or, but for parked
+calls, is in them): each build reads the table once while writes wait, well under a
+second per million rows.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ PENDING_ONE_OFF = "state = 'scheduled' AND cron IS NULL AND every IS NULL"
 
 UPGRADE = [
     # priority: higher starts first among due calls (0, the default, is the lowest).
-    # fleet_slot: which of its name's fleet_limit slots a running call holds (NULL when
-    # the name has no limit). snoozes: how often the call asked to be run later.
+    # fleet_slot: NULL for a call of a name without a fleet_limit; for one with, 0 while
+    # it waits and, while it runs, which of the name's slots (1 to the limit) it holds.
+    # snoozes: how often the call asked to be run later.
     "ALTER TABLE future_calls"
     " ADD COLUMN priority integer NOT NULL DEFAULT 0"
     " CONSTRAINT future_calls_priority_check CHECK (priority BETWEEN 0 AND 32767),"
@@ -36,14 +37,15 @@ UPGRADE = [
     # Calls of priority above 0 are claimed first, from their own small index.
     "CREATE INDEX future_calls_priority_idx ON future_calls (priority DESC, due_at, id)"
     f" WHERE {PENDING_ONE_OFF} AND priority > 0",
-    # The due calls of one name, in claim order: for names with a fleet_limit, and to find
-    # where a resumed name's calls start.
-    "CREATE INDEX future_calls_name_due_idx ON future_calls (name, priority DESC, due_at, id)"
-    f" WHERE {PENDING_ONE_OFF}",
+    # The pending calls of names with a fleet_limit, per name in claim order. Only those:
+    # an index of every pending call by name would make every schedule pay for it.
+    "CREATE INDEX future_calls_limited_due_idx"
+    " ON future_calls (name, priority DESC, due_at, id)"
+    f" WHERE {PENDING_ONE_OFF} AND fleet_slot IS NOT NULL",
     # No two running calls of a name hold the same slot: the database itself refuses one
     # call more than fleet_limit, whatever the timing of claims.
     "CREATE UNIQUE INDEX future_calls_fleet_slot_key ON future_calls (name, fleet_slot)"
-    " WHERE state = 'running' AND fleet_slot IS NOT NULL",
+    " WHERE state = 'running' AND fleet_slot > 0",
     # Parked calls by age, for retention.
     "CREATE INDEX future_calls_parked_idx ON future_calls (finished_at)"
     " WHERE state IN ('failed', 'interrupted')",
@@ -69,7 +71,7 @@ def downgrade() -> None:
         op.execute("DROP TABLE future_calls_paused")
         op.execute("DROP INDEX future_calls_parked_idx")
         op.execute("DROP INDEX future_calls_fleet_slot_key")
-        op.execute("DROP INDEX future_calls_name_due_idx")
+        op.execute("DROP INDEX future_calls_limited_due_idx")
         op.execute("DROP INDEX future_calls_priority_idx")
         op.execute(
             "ALTER TABLE future_calls DROP COLUMN priority, DROP COLUMN fleet_slot,"
