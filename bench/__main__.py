@@ -306,6 +306,7 @@ def mvcc_chart(results: dict[str, Any], path: Path) -> None:
     from matplotlib import pyplot
 
     rows = results["mvcc"]
+    systems = list(dict.fromkeys(row["system"] for row in rows))  # one colour each
     figure, panes = pyplot.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
     for pane, workers in zip(panes, (2, 4), strict=True):
         for row in (r for r in rows if r["workers"] == workers):
@@ -314,6 +315,7 @@ def mvcc_chart(results: dict[str, Any], path: Path) -> None:
                 range(1, len(rates) + 1),
                 rates,
                 marker="o",
+                color=f"C{systems.index(row['system'])}",
                 linestyle="-" if row["held_transaction"] else ":",
                 label=f"{row['system']} ({'held' if row['held_transaction'] else 'free'})",
             )
@@ -322,7 +324,7 @@ def mvcc_chart(results: dict[str, Any], path: Path) -> None:
         )
         pane.grid(True, alpha=0.3)
     panes[0].set(ylabel="calls/s", yscale="log")
-    panes[1].legend(fontsize=7)
+    panes[0].legend(fontsize=7)
     figure.suptitle("Drain per round, with (solid) and without (dotted) a held transaction")
     figure.tight_layout()
     figure.savefig(path)

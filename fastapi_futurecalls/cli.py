@@ -156,27 +156,29 @@ def cancel(target: Target, identifier: Annotated[str, typer.Argument()]) -> None
 @app.command()
 def pause(target: Target, name: Annotated[str, typer.Argument(help="the call name")]) -> None:
     """Stop every worker from starting calls of NAME (scheduling goes on) until resumed."""
-    futurecalls = load(target)
-    futurecalls.configure(execution_enabled=False)
-
-    async def act() -> bool:
-        async with futurecalls:
-            return await futurecalls.session().pause_future_calls(name)
-
-    typer.echo(f"paused {name}" if run(act) else f"{name} was paused already")
+    changed = _switch(target, name, pause=True)
+    typer.echo(f"paused {name}" if changed else f"{name} was paused already")
 
 
 @app.command()
 def resume(target: Target, name: Annotated[str, typer.Argument(help="the call name")]) -> None:
     """Let workers start calls of NAME again."""
+    changed = _switch(target, name, pause=False)
+    typer.echo(f"resumed {name}" if changed else f"{name} was not paused")
+
+
+def _switch(target: str, name: str, *, pause: bool) -> bool:
     futurecalls = load(target)
     futurecalls.configure(execution_enabled=False)
 
     async def act() -> bool:
         async with futurecalls:
-            return await futurecalls.session().resume_future_calls(name)
+            session = futurecalls.session()
+            if pause:
+                return await session.pause_future_calls(name)
+            return await session.resume_future_calls(name)
 
-    typer.echo(f"resumed {name}" if run(act) else f"{name} was not paused")
+    return run(act)
 
 
 @app.command()

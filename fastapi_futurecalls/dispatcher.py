@@ -70,7 +70,10 @@ class Dispatcher:
         )
         # The paused names, as the last sweep or paused statement read them; None: to be
         # read again before the next claim (a NOTIFY said they changed, or at start).
+        # A read counts only if no such NOTIFY came while it ran (its snapshot may be
+        # older than the change): _pause_news counts them.
         self._paused: frozenset[str] | None = None
+        self._pause_news = 0
         self._running: dict[asyncio.Task[Outcome], ClaimedCall] = {}
         self._outcomes: list[Outcome] = []
         self._wake = asyncio.Event()
@@ -173,8 +176,6 @@ class Dispatcher:
     async def _step(self) -> None:
         if self._loop.time() >= self._tick_at:
             await self._tick()
-        if self._paused is None:
-            self._paused = frozenset(row["name"] for row in await self._worker.fetch("paused"))
         free = self._settings.concurrency_limit - len(self._running)
         if free > 0 and self._loop.time() >= self._due_at and not self._stopping:
             await self._claim(free)  # records finished calls in the same statement
@@ -190,8 +191,10 @@ class Dispatcher:
         for number in await self._worker.retake_lost():
             await self._reconcile(number)
         await self._release_idle_numbers()
+        news = self._pause_news
         sweep = await self._worker.sweep(self._frontier)
-        self._paused = sweep.paused
+        if self._pause_news == news:
+            self._paused = sweep.paused
         self._log_sweep(sweep)
         now = self._loop.time()
         idle = self._maintenance is None or self._maintenance.done()
@@ -206,6 +209,9 @@ class Dispatcher:
 
     async def _claim(self, free: int) -> int:
         """Claim and start up to ``free`` due calls; returns how many."""
+        if self._paused is None and not await self._read_paused():
+            self._due_at = self._loop.time()  # pauses are changing: try again at once
+            return 0
         self._announced = math.inf
         self._notified = math.inf
         owner = self._worker.worker_id
@@ -537,7 +543,17 @@ class Dispatcher:
     def _pauses_changed(self) -> None:
         """A NOTIFY: a name was paused or resumed; read them again before claiming."""
         self._paused = None
+        self._pause_news += 1
         self._wake.set()
+
+    async def _read_paused(self) -> bool:
+        """Read the paused names; False if a pause or resume was announced meanwhile."""
+        news = self._pause_news
+        rows = await self._worker.fetch("paused")
+        if self._pause_news != news:
+            return False
+        self._paused = frozenset(row["name"] for row in rows)
+        return True
 
     def _announce(self, due: float, db_epoch: float | None = None) -> None:
         """A NOTIFY (or a dropped connection): something may be due at loop time ``due``

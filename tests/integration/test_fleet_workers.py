@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -110,3 +111,26 @@ async def test_a_high_priority_call_starts_ahead_of_a_backlog_of_200_000(
     # One claim turn: each of the two workers may start the batch it holds and the one
     # its claim in flight takes (10 calls each), then takes the urgent call first.
     assert ahead <= 2 * 2 * 10, f"{ahead} calls of priority 0 started ahead of it"
+
+
+async def test_a_pause_holds_on_every_worker_and_a_resume_reaches_them_at_once(
+    dsn: str, db: asyncpg.Connection, serve, runlog: RunLog
+):
+    serve(2, dsn, FUTURECALLS_POLL_INTERVAL="30")  # no tick comes to the rescue
+    web = FutureCalls(dsn, execution_enabled=False)
+    web.register_future_call(Record(), "record")
+    async with web:
+        session = web.session()
+        assert await session.pause_future_calls("record")
+        await schedule_jobs(dsn, [Job(n=n) for n in range(20)])
+        await asyncio.sleep(1.5)
+        assert runlog.count("done") == 0, "a worker started a call of a paused name"
+        assert (
+            await db.fetchval("SELECT count(*) FROM future_calls WHERE state = 'scheduled'") == 20
+        )
+        resumed = time.monotonic()
+        assert await session.resume_future_calls("record")
+        await wait_for(lambda: runlog.count("done") == 20, within=10, what="every call to run")
+        assert time.monotonic() - resumed < 10
+    runs = runlog.runs()
+    assert set(runs) == set(range(20)) and max(runs.values()) == 1
