@@ -275,16 +275,13 @@ class Dispatcher:
         mine = [o for o in self._outcomes if o.call.owner == owner]
         self._outcomes = [o for o in self._outcomes if o.call.owner != owner]
         frontier = self._frontier if free and self._frontier else None
+        locking = bool(free and self._limits)  # a claim of limited names: lock them first
         try:
-            if free and self._limits:
-                async with self._worker.transaction():
+            async with self._worker.transaction() if locking else contextlib.nullcontext():
+                if locking:
                     await self._worker.execute(
                         "lock_fleet_names", self._settings.lock_namespace, list(self._limits)
                     )
-                    rows = await self._worker.fetch(
-                        self._claim_statement, *self._claim_arguments(owner, free, mine, frontier)
-                    )
-            else:
                 rows = await self._worker.fetch(
                     self._claim_statement, *self._claim_arguments(owner, free, mine, frontier)
                 )
