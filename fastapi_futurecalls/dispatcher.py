@@ -23,6 +23,7 @@ from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
 from .store import Store
+from .telemetry import Telemetry
 from .worker import Sweep, WorkerConnection
 
 logger = logging.getLogger("fastapi_futurecalls")
@@ -43,6 +44,8 @@ ORPHANS_PER_RUN = 1000
 # Retention deletes parked calls in batches of this many, at most this many per run.
 PRUNE_BATCH = 1000
 PRUNE_BATCHES_PER_RUN = 10
+# Run statistics (the dashboard's throughput and lateness) are kept this many seconds.
+STATS_KEPT = 2 * 86400.0
 
 
 class Dispatcher:
@@ -54,9 +57,11 @@ class Dispatcher:
         registry: Registry,
         session: Callable[[], Session],
         store: Store,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._telemetry = telemetry if telemetry is not None else Telemetry()
         self._registry = registry
         self._session = session
         self._names = registry.names()
@@ -206,6 +211,21 @@ class Dispatcher:
             soon = max(self._settings.liveness_grace / 2, 0.2)
             self._tick_at = min(self._tick_at, self._loop.time() + soon)
         self._set_due(sweep.next_due_in)
+        await self._record_stats()
+
+    async def _record_stats(self) -> None:
+        """Add this process's run counts to the statistics table (kept for the next try
+        if the database refuses them)."""
+        worker = self._worker.worker_id
+        minutes = self._telemetry.stats.take()
+        if not minutes or worker is None:
+            self._telemetry.stats.restore(minutes)
+            return
+        try:
+            await self._store.record_stats(worker, minutes)
+        except (DatabaseError, ConfigurationError) as exc:
+            self._telemetry.stats.restore(minutes)
+            logger.warning("could not record run statistics yet (%s)", exc)
 
     async def _claim(self, free: int) -> int:
         """Claim and start up to ``free`` due calls; returns how many."""
@@ -246,13 +266,17 @@ class Dispatcher:
                     started_at=row["started_at"],
                     snoozes=row["snoozes"],
                     priority=row["priority"],
+                    trace_context=row["trace_context"],
                 )
                 for row in rows
             ),
             key=lambda c: (-c.priority, c.due_at, c.id),
         )
+        if calls:
+            self._telemetry.started(calls)
+        telemetry = self._telemetry if self._telemetry.per_run else None
         for call in calls:
-            task = asyncio.create_task(run_call(call, self._registry, self._session))
+            task = asyncio.create_task(run_call(call, self._registry, self._session, telemetry))
             self._running[task] = call
             task.add_done_callback(self._on_done)
         if self._chains_due:
@@ -293,8 +317,10 @@ class Dispatcher:
                 raise
             await self._record_one_by_one(owner, mine)  # one of them breaks the statement
             return await self._record(owner, free)
-        if self._recorded is not None:
-            self._recorded.extend(mine)
+        if mine:
+            self._telemetry.ended(mine)
+            if self._recorded is not None:
+                self._recorded.extend(mine)
         return rows
 
     def _claim_arguments(
@@ -345,6 +371,7 @@ class Dispatcher:
                         exc,
                     )
                     continue
+                self._telemetry.ended([attempt])
                 if self._recorded is not None:
                     self._recorded.append(attempt)
                 break
@@ -404,6 +431,9 @@ class Dispatcher:
                 "them as interrupted",
                 len(self._outcomes),
             )
+        if (left := deadline - self._loop.time()) > 0.1:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._record_stats(), timeout=min(left / 2, 1.0))
         await self._worker.close(within=deadline - self._loop.time())
 
     async def _flush_at_stop(self) -> None:
@@ -512,6 +542,7 @@ class Dispatcher:
                     pruned = await self._store.prune(self._settings.retention, PRUNE_BATCH)
                     if pruned < PRUNE_BATCH:
                         break
+            await self._store.prune_stats(STATS_KEPT)
             frontier = self._frontier
             if frontier is not None:
                 paused = self._paused or frozenset()

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,9 +19,13 @@ from .errors import ConfigurationError, DatabaseUnavailableError
 from .session import Session, awaitable
 from .settings import Settings
 from .store import Store
+from .telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import APIRouter, FastAPI
+    from fastapi.params import Depends
+
+    from .tracing import Tracing
 
 logger = logging.getLogger("fastapi_futurecalls")
 # Pauses between attempts to start against a database that refuses connections; the last
@@ -67,6 +71,8 @@ class FutureCalls:
         statement_cache_size: int | None = None,
         max_payload_bytes: int | None = None,
         schema: str | None = None,
+        tracing: bool | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.settings = Settings.load(
             {
@@ -84,12 +90,15 @@ class FutureCalls:
                 "statement_cache_size": statement_cache_size,
                 "max_payload_bytes": max_payload_bytes,
                 "schema": schema,
+                "tracing": tracing,
             }
         )
         self._registry = Registry()
         self._store: Store | None = None
         self._session: Session | None = None  # stateless: one serves every endpoint and call
         self._dispatcher: Dispatcher | None = None
+        self._telemetry = Telemetry()
+        self._tracer_provider = tracer_provider  # None: OpenTelemetry's global one
 
     def configure(self, **overrides: Any) -> None:
         """Change settings before start, e.g. ``configure(dsn=test_dsn)`` in a test suite
@@ -126,6 +135,31 @@ class FutureCalls:
             )
         return self._session
 
+    def metrics_router(
+        self, *, dependencies: Sequence[Depends] | None = None, path: str = "/metrics"
+    ) -> APIRouter:
+        """A router serving Prometheus metrics at ``path`` (``app.include_router(...)``);
+        building it turns the counters and histograms on. Needs prometheus-client
+        (``pip install fastapi-futurecalls[metrics]``); see the README for
+        ``uvicorn --workers N``."""
+        try:
+            from . import metrics
+        except ImportError as exc:
+            raise ConfigurationError(
+                "metrics need prometheus-client: pip install 'fastapi-futurecalls[metrics]'"
+            ) from exc
+        if self._telemetry.metrics is None:
+            self._telemetry.metrics = metrics.Metrics()
+
+        async def read_gauges() -> dict[str, float | None]:
+            if self._store is None:
+                raise ConfigurationError("FutureCalls is not started")
+            return await self._store.gauges()
+
+        return metrics.router(
+            self._telemetry.metrics, read_gauges, dependencies=dependencies, path=path
+        )
+
     async def start(self) -> None:
         """Connect, check the schema and, if execution is enabled, start dispatching. A
         database that refuses connections (restarting, failing over) is retried until
@@ -148,9 +182,12 @@ class FutureCalls:
 
     async def _start_once(self) -> None:
         self._store = await Store.open(self.settings)
-        self._session = Session(self._store, self._registry, self.settings)
+        self._telemetry.tracing = _tracing(self._tracer_provider) if self.settings.tracing else None
+        self._session = Session(self._store, self._registry, self.settings, self._telemetry)
         if self.settings.execution_enabled:
-            dispatcher = Dispatcher(self.settings, self._registry, self.session, self._store)
+            dispatcher = Dispatcher(
+                self.settings, self._registry, self.session, self._store, self._telemetry
+            )
             try:
                 await dispatcher.start()
             except BaseException:
@@ -180,7 +217,9 @@ class FutureCalls:
         settings = self.settings
         if concurrency is not None:
             settings = dataclasses.replace(settings, concurrency_limit=concurrency)
-        dispatcher = Dispatcher(settings, self._registry, self.session, self._store)
+        dispatcher = Dispatcher(
+            settings, self._registry, self.session, self._store, self._telemetry
+        )
         outcomes = await dispatcher.run_due(within)
         return DueRun(
             completed=sum(o.state == "done" for o in outcomes),
@@ -225,3 +264,12 @@ class FutureCalls:
                     yield state
 
         app.router.lifespan_context = lifespan
+
+
+def _tracing(provider: Any) -> Tracing | None:
+    """OpenTelemetry spans when opentelemetry-api is installed; else none."""
+    try:
+        from .tracing import Tracing
+    except ImportError:
+        return None
+    return Tracing(provider)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from .calls import DECODE_ERRORS, Registry
+from pydantic import BaseModel
+
+from .calls import DECODE_ERRORS, FutureCall, Registry
 from .context import CallContext, running
 from .errors import RetryLater
 from .session import Session
+from .telemetry import Telemetry
 
 logger = logging.getLogger("fastapi_futurecalls")
 
@@ -34,6 +38,7 @@ class ClaimedCall:
     started_at: datetime | None = None
     snoozes: int = 0
     priority: int = 0
+    trace_context: str | None = None  # JSON: the context the call was scheduled in
 
     def context(self) -> CallContext:
         return CallContext(
@@ -108,7 +113,10 @@ def _log_extra(call: ClaimedCall) -> dict[str, object]:
 
 
 async def run_call(
-    call: ClaimedCall, registry: Registry, session: Callable[[], Session]
+    call: ClaimedCall,
+    registry: Registry,
+    session: Callable[[], Session],
+    telemetry: Telemetry | None = None,
 ) -> Outcome:
     """Never raises for the call's own errors: they become a parked outcome and a log record."""
     handler = registry.find(call.name)
@@ -126,8 +134,27 @@ async def run_call(
             "future call %r (id %d) not run: %s", call.name, call.id, error, extra=_log_extra(call)
         )
         return Outcome(call, "failed", error)
-    deadline = None if handler.timeout is None else asyncio.timeout(handler.timeout.total_seconds())
     running.set(call.context())  # this task's own context: seen by session.call
+    if telemetry is None or not telemetry.per_run:
+        return await _invoke(call, handler, data, session)
+    started = time.perf_counter()
+    if telemetry.tracing is None:
+        outcome = await _invoke(call, handler, data, session)
+    else:
+        with telemetry.tracing.running(call) as span:
+            outcome = await _invoke(call, handler, data, session)
+            span.ended(outcome)
+    telemetry.invoked(call, time.perf_counter() - started)
+    return outcome
+
+
+async def _invoke(
+    call: ClaimedCall,
+    handler: FutureCall[Any],
+    data: BaseModel | None,
+    session: Callable[[], Session],
+) -> Outcome:
+    deadline = None if handler.timeout is None else asyncio.timeout(handler.timeout.total_seconds())
     try:
         if deadline is None:  # no timer to arm and disarm: a fifth of a no-op call's cost
             await handler.invoke(session(), data)

@@ -20,6 +20,7 @@ from .records import CALL_STATES, FutureCallRecord
 from .recurrence import EARLIEST, LATEST, Recurrence
 from .settings import Settings
 from .store import CallRow, Store
+from .telemetry import Telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +46,17 @@ class Session:
     ``async with futurecalls``; a running call receives one as the first argument of
     ``invoke``."""
 
-    def __init__(self, store: Store, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._settings = settings
+        self._telemetry = telemetry if telemetry is not None else Telemetry()
 
     def __await__(self) -> Generator[Any, None, Session]:
         """Awaiting a Session gives the Session itself, at once: this is what lets FastAPI
@@ -136,7 +144,17 @@ class Session:
             )
         if not rows:
             return []
-        return await self._store.schedule_many(rows, await _executor(connection))
+        conn = await _executor(connection)
+        names = [row.name for row in rows]
+        tracing = self._telemetry.tracing
+        if tracing is None:
+            ids = await self._store.schedule_many(rows, conn)
+        else:
+            kinds = set(names)
+            with tracing.scheduling(kinds.pop() if len(kinds) == 1 else "batch", len(rows)) as span:
+                ids = await self._store.schedule_many(rows, conn, span.context())
+        self._telemetry.scheduled(names)
+        return ids
 
     async def future_call_recurring(
         self,
@@ -161,9 +179,14 @@ class Session:
         recurrence = Recurrence(cron, every, timezone)
         first = recurrence.first(_aware(start) if start is not None else None, datetime.now(UTC))
         row = self._row(name, data, identifier, (first, None), priority)
-        return await self._store.schedule_recurring(
-            row, recurrence, conn=await _executor(connection)
-        )
+        conn = await _executor(connection)
+        tracing = self._telemetry.tracing
+        if tracing is None:
+            return await self._store.schedule_recurring(row, recurrence, conn)
+        with tracing.scheduling(name) as span:
+            chain = await self._store.schedule_recurring(row, recurrence, conn, span.context())
+            span.stored([chain])
+        return chain
 
     async def cancel_future_call(self, identifier: str, *, connection: object = None) -> int:
         """Remove every pending call scheduled with ``identifier``, and stop the recurring
@@ -269,9 +292,18 @@ class Session:
         if if_exists != "add" and identifier is None:
             raise InvalidScheduleError(f"if_exists={if_exists!r} needs an identifier")
         row = self._row(name, data, identifier, due, priority)
-        return await self._store.schedule(
-            row, if_exists=if_exists, conn=await _executor(connection)
-        )
+        conn = await _executor(connection)
+        tracing = self._telemetry.tracing
+        if tracing is None:
+            call_id = await self._store.schedule(row, if_exists=if_exists, conn=conn)
+        else:
+            with tracing.scheduling(name) as span:
+                call_id = await self._store.schedule(
+                    row, if_exists=if_exists, conn=conn, trace_context=span.context()
+                )
+                span.stored([call_id])
+        self._telemetry.scheduled([name])
+        return call_id
 
     def _row(
         self,

@@ -38,6 +38,7 @@ class Settings:
     max_payload_bytes: int = 1_048_576
     schema: str | None = None
     lock_namespace: int | None = None
+    tracing: bool = True  # OpenTelemetry spans, when opentelemetry-api is installed
 
     def __post_init__(self) -> None:
         _require(self.concurrency_limit >= 1, "concurrency_limit must be at least 1")

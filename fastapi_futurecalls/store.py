@@ -20,6 +20,7 @@ from .errors import (
 from .recurrence import Recurrence
 from .settings import Settings
 from .sql import QUERIES, queries_for
+from .stats import MinuteStats
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -186,6 +187,14 @@ class Store:
         except CLOSE_ERRORS:
             self._pool.terminate()
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Executor]:
+        """A pool connection for the read-only statements of the library's own tools
+        (the dashboard), bounded like every pooled statement."""
+        with database_errors("reading future calls"):
+            async with self._on(None) as pooled:
+                yield pooled
+
     async def backend_pid(self) -> int:
         """The server process that serves one of the pool's connections right now."""
         with database_errors("checking the connection"):
@@ -249,15 +258,20 @@ class Store:
         *,
         if_exists: str = "add",
         conn: Executor | None = None,
+        trace_context: str | None = None,
     ) -> int:
-        """Store ``row``; with ``if_exists`` "skip" or "replace", race-free per identifier."""
+        """Store ``row``; with ``if_exists`` "skip" or "replace", race-free per identifier.
+        ``trace_context``: JSON of the span context it is scheduled in."""
         arguments, identifier = row.arguments(), row.identifier
         with database_errors(f"scheduling {row.name!r}"):
             if if_exists == "add":
                 async with self._on(conn) as executor:
                     return int(
                         await executor.fetchval(
-                            self._queries["schedule"], *arguments, self._notify_within
+                            self._queries["schedule"],
+                            *arguments,
+                            self._notify_within,
+                            trace_context,
                         )
                     )
             async with self._transaction(conn) as tx:
@@ -272,21 +286,35 @@ class Store:
                 else:
                     await tx.execute(self._queries["cancel_one_offs"], identifier)
                 return int(
-                    await tx.fetchval(self._queries["schedule"], *arguments, self._notify_within)
+                    await tx.fetchval(
+                        self._queries["schedule"],
+                        *arguments,
+                        self._notify_within,
+                        trace_context,
+                    )
                 )
 
-    async def schedule_many(self, rows: list[CallRow], conn: Executor | None = None) -> list[int]:
+    async def schedule_many(
+        self, rows: list[CallRow], conn: Executor | None = None, trace_context: str | None = None
+    ) -> list[int]:
         """Store ``rows`` in one statement; their ids, in order."""
         columns = [list(column) for column in zip(*(row.arguments() for row in rows), strict=True)]
         with database_errors(f"scheduling {len(rows)} calls"):
             async with self._on(conn) as executor:
                 ids = await executor.fetchval(
-                    self._queries["schedule_many"], *columns, self._notify_within
+                    self._queries["schedule_many"],
+                    *columns,
+                    self._notify_within,
+                    trace_context,
                 )
         return list(ids)
 
     async def schedule_recurring(
-        self, row: CallRow, recurrence: Recurrence, conn: Executor | None = None
+        self,
+        row: CallRow,
+        recurrence: Recurrence,
+        conn: Executor | None = None,
+        trace_context: str | None = None,
     ) -> int:
         """Create or update the chain of ``row.identifier``, first due at ``row.at``."""
         with database_errors(f"scheduling recurring {row.name!r}"):
@@ -305,6 +333,7 @@ class Store:
                     self._notify_within,
                     row.priority,
                     row.limited,
+                    trace_context,
                 )
         return int(chain_id)
 
@@ -349,6 +378,47 @@ class Store:
         with database_errors("pruning parked future calls"):
             async with self._on(None) as pooled:
                 return int(await pooled.fetchval(self._queries["prune"], older_than, batch))
+
+    async def record_stats(self, worker: int, minutes: dict[int, MinuteStats]) -> None:
+        """Add a process's run counts, by epoch minute, to worker ``worker``'s rows."""
+        with database_errors("recording run statistics"):
+            async with self._on(None) as pooled:
+                await pooled.executemany(
+                    self._queries["record_stats"],
+                    [
+                        (
+                            m * 60,
+                            worker,
+                            s.started,
+                            s.succeeded,
+                            s.failed,
+                            s.interrupted,
+                            s.lateness,
+                        )
+                        for m, s in sorted(minutes.items())
+                    ],
+                )
+
+    async def prune_stats(self, older_than: float) -> None:
+        with database_errors("pruning run statistics"):
+            async with self._on(None) as pooled:
+                await pooled.execute(self._queries["prune_stats"], older_than)
+
+    async def gauges(self, exact_up_to: int = 10_000) -> dict[str, float | None]:
+        """The figures of the metrics gauges (see the gauges statement)."""
+        with database_errors("reading the metrics gauges"):
+            async with self._on(None) as pooled:
+                row = await pooled.fetchrow(self._queries["gauges"], exact_up_to)
+        assert row is not None
+        values: dict[str, float | None] = {
+            key: row[key] for key in ("running", "failed", "interrupted", "recurring")
+        }
+        scheduled, estimate = row["scheduled"], row["scheduled_estimate"]
+        if scheduled >= exact_up_to and estimate is not None:
+            scheduled = max(scheduled, estimate)
+        values["scheduled"] = scheduled
+        values["oldest_due_age"] = max(row["oldest_due_age"] or 0.0, 0.0)
+        return values
 
     async def park_orphans(self, namespace: int, grace: float, limit: int) -> list[asyncpg.Record]:
         """Maintenance: park pending calls of names no live worker registers."""

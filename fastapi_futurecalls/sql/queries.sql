@@ -12,12 +12,13 @@ SELECT to_regclass('future_calls') IS NOT NULL AS present;
 -- Each dispatcher keeps only the earliest due time it hears of. The payload is the due
 -- time in seconds since the epoch, absolute: it stays right however long the caller's
 -- transaction takes to commit. $6 and $7 are the call's delivery policy (max_attempts,
--- retry_backoff), $8 its priority, $9 whether its name has a fleet_limit (fleet_slot 0).
+-- retry_backoff), $8 its priority, $9 whether its name has a fleet_limit (fleet_slot 0),
+-- $11 the trace context it was scheduled in (JSON, or NULL).
 WITH inserted AS (
     INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
-                              priority, fleet_slot)
+                              priority, fleet_slot, trace_context)
     VALUES ($1, $2, $3, COALESCE($4::timestamptz, now() + $5::interval), $6, $7, $8,
-            CASE WHEN $9::boolean THEN 0 END)
+            CASE WHEN $9::boolean THEN 0 END, $11::jsonb)
     RETURNING id, due_at
 )
 SELECT id, CASE WHEN due_at <= now() + $10::interval
@@ -27,12 +28,13 @@ FROM inserted;
 -- name: schedule_many
 -- Store a batch in one statement (arrays, one element per call, in order) and send one
 -- NOTIFY for its earliest due time, if that is within $10. Identity values follow the
--- order of the input, so the ids come back in that order.
+-- order of the input, so the ids come back in that order. $11: the batch's trace context.
 WITH inserted AS (
     INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
-                              priority, fleet_slot)
+                              priority, fleet_slot, trace_context)
     SELECT t.name, t.payload::json, t.identifier, COALESCE(t.at, now() + t.delay),
-           t.max_attempts, t.retry_backoff, t.priority, CASE WHEN t.limited THEN 0 END
+           t.max_attempts, t.retry_backoff, t.priority, CASE WHEN t.limited THEN 0 END,
+           $11::jsonb
     FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::interval[],
                 $6::integer[], $7::interval[], $8::integer[], $9::boolean[])
          AS t(name, payload, identifier, at, delay, max_attempts, retry_backoff, priority,
@@ -313,17 +315,17 @@ WITH done AS (
     RETURNING c.id, c.name, c.payload, c.identifier,
               CASE WHEN isfinite(c.due_at) THEN c.due_at ELSE now() END AS due_at,
               c.attempts, c.max_attempts, c.snoozes, c.priority, c.started_at,
-              isfinite(c.due_at) AS finite,
+              c.trace_context::text AS trace_context, isfinite(c.due_at) AS finite,
               -- Taken by the frontier scan (not urgent, not under a fleet limit's slot).
               c.priority = 0 AND coalesce(c.fleet_slot, 0) = 0 AS from_due
 )
 SELECT id, name, payload, identifier, due_at, attempts, max_attempts, snoozes, priority,
-       started_at, NULL::float8 AS next_due_in, NULL::boolean AS chain_due,
+       started_at, trace_context, NULL::float8 AS next_due_in, NULL::boolean AS chain_due,
        NULL::timestamptz AS frontier, NULL::bigint AS frontier_id
 FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in, chain_due,
-       first.due_at, first.id
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in,
+       chain_due, first.due_at, first.id
 FROM (SELECT count(*) < $1 AS drained,
              (SELECT min(due_at) FROM retried) AS retry_at
       FROM claimed) AS turn
@@ -383,12 +385,12 @@ WITH chain AS (
     FROM chain
     WHERE c.id = chain.id
     RETURNING c.id, c.name, c.payload, c.identifier, c.max_attempts, c.retry_backoff,
-              c.priority, c.fleet_slot
+              c.priority, c.fleet_slot, c.trace_context
 )
 INSERT INTO future_calls (name, payload, identifier, due_at, max_attempts, retry_backoff,
-                          priority, fleet_slot)
+                          priority, fleet_slot, trace_context)
 SELECT a.name, a.payload, a.identifier, old.due_at, a.max_attempts, a.retry_backoff,
-       a.priority, a.fleet_slot
+       a.priority, a.fleet_slot, a.trace_context
 FROM advanced AS a JOIN old ON old.id = a.id;
 
 -- name: park_chains
@@ -405,13 +407,16 @@ WHERE c.id = t.id AND c.state = 'scheduled';
 -- kept unless the schedule itself changed, or the chain had been parked as failed.
 WITH upserted AS (
     INSERT INTO future_calls AS c (name, payload, identifier, due_at, max_attempts,
-                                   retry_backoff, cron, every, timezone, priority, fleet_slot)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, CASE WHEN $12::boolean THEN 0 END)
+                                   retry_backoff, cron, every, timezone, priority, fleet_slot,
+                                   trace_context)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, CASE WHEN $12::boolean THEN 0 END,
+            $13::jsonb)
     ON CONFLICT (identifier) WHERE (cron IS NOT NULL OR every IS NOT NULL)
     DO UPDATE SET
         name = EXCLUDED.name, payload = EXCLUDED.payload,
         max_attempts = EXCLUDED.max_attempts, retry_backoff = EXCLUDED.retry_backoff,
         priority = EXCLUDED.priority, fleet_slot = EXCLUDED.fleet_slot,
+        trace_context = EXCLUDED.trace_context,
         due_at = CASE WHEN c.state = 'scheduled' AND (c.cron, c.every, c.timezone)
                            IS NOT DISTINCT FROM (EXCLUDED.cron, EXCLUDED.every, EXCLUDED.timezone)
                       THEN c.due_at ELSE EXCLUDED.due_at END,
@@ -657,3 +662,46 @@ WITH pruned AS (
     RETURNING 1
 )
 SELECT count(*) FROM pruned;
+
+-- name: record_stats
+-- Add a process's counts for one minute ($1, epoch seconds) to worker $2's row.
+-- Buckets are added element by element (a missing one counts as 0).
+INSERT INTO future_calls_stats AS s (minute, worker, started, succeeded, failed, interrupted,
+                                     lateness)
+VALUES (to_timestamp($1), $2, $3, $4, $5, $6, $7::bigint[])
+ON CONFLICT (minute, worker) DO UPDATE SET
+    started = s.started + EXCLUDED.started,
+    succeeded = s.succeeded + EXCLUDED.succeeded,
+    failed = s.failed + EXCLUDED.failed,
+    interrupted = s.interrupted + EXCLUDED.interrupted,
+    lateness = ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0)
+                     FROM unnest(s.lateness, EXCLUDED.lateness) AS t(a, b));
+
+-- name: prune_stats
+-- Statistics older than $1 seconds go.
+DELETE FROM future_calls_stats WHERE minute < now() - make_interval(secs => $1);
+
+-- name: gauges
+-- The fleet's figures for a metrics scrape, each from a small index: one-off calls
+-- scheduled, counted up to $1 (past it, the due index's size as of its last vacuum or
+-- analyze, an estimate: an exact count of millions of rows would take a second); running,
+-- parked and recurring ones exactly; and the age in seconds of the oldest call that is
+-- due and has not started (a due slot of a chain included, paused names left out).
+SELECT (SELECT count(*) FROM (SELECT 1 FROM future_calls
+                              WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+                              LIMIT $1) AS s) AS scheduled,
+       (SELECT reltuples FROM pg_class
+        WHERE oid = to_regclass('future_calls_due_idx')) AS scheduled_estimate,
+       (SELECT count(*) FROM future_calls WHERE state = 'running') AS running,
+       (SELECT count(*) FROM future_calls WHERE state = 'failed') AS failed,
+       (SELECT count(*) FROM future_calls WHERE state = 'interrupted') AS interrupted,
+       (SELECT count(*) FROM future_calls
+        WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled') AS recurring,
+       extract(epoch FROM now() - least(
+           (SELECT min(due_at) FROM future_calls
+            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND due_at <= now()
+              AND name NOT IN (SELECT name FROM future_calls_paused)),
+           (SELECT min(due_at) FROM future_calls
+            WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
+              AND due_at <= now() AND name NOT IN (SELECT name FROM future_calls_paused))
+       ))::float8 AS oldest_due_age;

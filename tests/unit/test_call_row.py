@@ -31,9 +31,9 @@ def test_arguments_follow_the_fields_and_fill_the_schedule_statements():
         "priority",
         "limited",
     ]
-    # The row's fields, then the notification window the store adds.
-    assert parameters(QUERIES["schedule"]) == set(range(1, len(fields) + 2))
-    assert parameters(QUERIES["schedule_many"]) == set(range(1, len(fields) + 2))
+    # The row's fields, then what the store adds: the notification window, the trace context.
+    assert parameters(QUERIES["schedule"]) == set(range(1, len(fields) + 3))
+    assert parameters(QUERIES["schedule_many"]) == set(range(1, len(fields) + 3))
 
 
 def test_a_row_is_frozen():
