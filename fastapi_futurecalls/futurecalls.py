@@ -265,6 +265,24 @@ class FutureCalls:
 
         app.router.lifespan_context = lifespan
 
+    def dashboard(
+        self, dependencies: Sequence[Depends] | None = None, *, allow_anonymous: bool = False
+    ) -> APIRouter:
+        """The operator dashboard, an APIRouter to mount with
+        ``app.include_router(router, prefix="/futurecalls")``. Every route carries
+        ``dependencies`` (say, ``[Depends(require_admin)]``); without any it refuses to be
+        built (:class:`ConfigurationError`) unless ``allow_anonymous=True``."""
+        from .dashboard import build_router  # Jinja2 and the templates load only when used
+
+        return build_router(
+            self, self._started_store, dependencies, allow_anonymous=allow_anonymous
+        )
+
+    def _started_store(self) -> Store:
+        self.session()  # raises ConfigurationError before start
+        assert self._store is not None
+        return self._store
+
 
 def _tracing(provider: Any) -> Tracing | None:
     """OpenTelemetry spans when opentelemetry-api is installed; else none."""
