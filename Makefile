@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 WITH_DB = DATABASE_URL="$${DATABASE_URL:-$$($(PYTHON) scripts/devdb.py ensure)}" && export DATABASE_URL &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv pgbouncer db db-stop db-destroy migrate run test lint format bench clean
+.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test lint format bench clean
 
 help: ## List the targets
 	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
@@ -42,6 +42,19 @@ pgbouncer: ## Install pgbouncer for the pooler tests if missing (root with apt-g
 	    echo "warning: pgbouncer is missing; the pooler tests will fail (apt-get install pgbouncer)"; \
 	  fi; }
 
+# The dashboard's browser test (tests/browser) drives a real headless Chromium through
+# Selenium and Debian's chromedriver; installed the same way as pgbouncer.
+chromium: ## Install chromium and chromedriver for the browser test if missing (root with apt-get)
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver (apt-get)"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+	      || echo "warning: could not install chromium; the browser test will fail"; \
+	  else \
+	    echo "warning: chromium is missing; the browser test will fail (apt-get install chromium chromium-driver)"; \
+	  fi; }
+
 db: ## Start the dev PostgreSQL cluster if needed; print DATABASE_URL
 	@$(WITH_DB) echo "$$DATABASE_URL"
 
@@ -57,7 +70,7 @@ migrate: venv ## Apply the migrations (alembic upgrade head)
 run: migrate ## Serve example_app with 2 uvicorn workers on 127.0.0.1:PORT
 	$(WITH_DB) $(BIN)/uvicorn example_app.app:app --workers 2 --host 127.0.0.1 --port $(PORT)
 
-test: venv pgbouncer ## Run the tests (extra pytest options: PYTEST_ARGS=...)
+test: venv pgbouncer chromium ## Run the tests (extra pytest options: PYTEST_ARGS=...)
 	$(WITH_DB) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy
