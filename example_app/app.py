@@ -12,6 +12,8 @@
   uses its run's ``session.call.key`` as the provider's idempotency key.
 - ``POST /admin/mail/pause`` stops sending mails while the provider is down (they are
   still scheduled); ``POST /admin/mail/resume`` sends them again.
+- The operator dashboard is at ``/futurecalls/``, behind HTTP Basic authentication
+  (``admin``/``admin`` unless ``DASHBOARD_USER`` and ``DASHBOARD_PASSWORD`` say otherwise).
 
 The "mail" is a log line. Run it with ``make run`` (two uvicorn workers).
 """
@@ -19,11 +21,14 @@ The "mail" is a log line. Run it with ``make run`` (two uvicorn workers).
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel
 
 from fastapi_futurecalls import FutureCall, FutureCalls, Session
@@ -92,6 +97,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(title="Drip campaign", lifespan=lifespan)
 futurecalls.include(app)
+
+basic = HTTPBasic(realm="future calls")
+
+
+def require_admin(credentials: HTTPBasicCredentials = Depends(basic)) -> None:
+    """A demo operator login; a real app uses its own authentication here."""
+    user = os.environ.get("DASHBOARD_USER", "admin").encode()
+    password = os.environ.get("DASHBOARD_PASSWORD", "admin").encode()
+    user_ok = secrets.compare_digest(credentials.username.encode(), user)
+    password_ok = secrets.compare_digest(credentials.password.encode(), password)
+    if not (user_ok and password_ok):
+        raise HTTPException(401, "wrong user or password", {"WWW-Authenticate": "Basic"})
+
+
+app.include_router(futurecalls.dashboard([Depends(require_admin)]), prefix="/futurecalls")
 
 
 def user_calls(user_id: int) -> str:

@@ -72,3 +72,11 @@ async def test_a_password_reset_goes_ahead_and_a_paused_mail_waits(client, caplo
     assert sent.ok and sent.completed == 4
     # The reset was scheduled last and is due last of these, yet goes first: priority 10.
     assert [m.split("'")[1] for m in mails(caplog)] == ["password reset"] + ["welcome"] * 3
+
+
+async def test_the_dashboard_needs_the_admin_login(client: httpx.AsyncClient):
+    assert (await client.post("/signup", json=ADA)).status_code == 200
+    assert (await client.get("/futurecalls/")).status_code == 401
+    assert (await client.get("/futurecalls/", auth=("admin", "wrong"))).status_code == 401
+    page = await client.get("/futurecalls/calls", auth=("admin", "admin"))
+    assert page.status_code == 200 and "user-1" in page.text and "sendMail" in page.text
