@@ -18,7 +18,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from ..errors import ConfigurationError, InvalidScheduleError
+from ..errors import ConfigurationError, DatabaseError, InvalidScheduleError
 from ..session import Session
 from . import csrf
 from .figures import Count
@@ -105,6 +105,8 @@ class Pages:
                         return pages.error(request, 422, errors)
                     except (BadInput, InvalidScheduleError) as exc:
                         return pages.error(request, 400, str(exc))
+                    except (ConfigurationError, DatabaseError) as exc:  # not started, or down
+                        return pages.error(request, 503, f"Future calls are unavailable: {exc}")
 
                 return route
 

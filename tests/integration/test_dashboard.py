@@ -287,3 +287,13 @@ async def test_the_chains_page(dashboard):
     )
     page = (await client.get(BASE + "/chains")).text
     assert "30 2 * * *" in page and "Europe/Paris" in page and "every 5 min" in page
+
+
+async def test_a_dashboard_of_a_stopped_futurecalls_says_so():
+    fc = FutureCalls("postgresql://localhost/unused")
+    app = FastAPI()
+    app.include_router(fc.dashboard(allow_anonymous=True), prefix="/futurecalls")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        page = await client.get(BASE + "/")
+    assert page.status_code == 503 and "FutureCalls is not started" in page.text
