@@ -360,7 +360,7 @@ def _since(value: datetime | None, now: datetime) -> str:
         delta = (value - now).total_seconds()
     except OverflowError:
         return ""
-    text = _interval(timedelta(seconds=abs(delta)))
+    text = _interval(timedelta(seconds=round(abs(delta))))
     return "now" if abs(delta) < 1 else (f"in {text}" if delta > 0 else f"{text} ago")
 
 
@@ -376,4 +376,4 @@ def _interval(value: timedelta | None) -> str:
                 if amount >= 10 or amount == int(amount)
                 else (f"{amount:.1f} {unit}")
             )
-    return f"{seconds:.3g} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"

@@ -188,6 +188,18 @@ async def test_the_dashboard_in_a_real_browser(
         await eventually(db, "SELECT attempts FROM future_calls WHERE id = $1", 2, parked)
         await eventually(db, "SELECT state FROM future_calls WHERE id = $1", "failed", parked)
 
+        # The other pages render (their pictures stay with the test's files).
+        browser.get(f"{base}/calls/{parked}")
+        assert "CardDeclined" in browser.find_element(By.CSS_SELECTOR, "pre.error-text").text
+        shoot(browser, tmp_path / "dashboard-call.png", 900)
+        browser.get(base + "/chains")
+        assert "0 8 * * *" in browser.page_source and "Europe/Paris" in browser.page_source
+        shoot(browser, tmp_path / "dashboard-chains.png", 600)
+        browser.get(base + "/workers")
+        live = browser.find_element(By.ID, "live").text
+        assert "Live dispatchers 1" in live and "sendMail" in live
+        shoot(browser, tmp_path / "dashboard-workers.png", 700)
+
         # Pause a name from the overview's table of names.
         browser.get(base + "/")
         row = browser.find_element(By.XPATH, "//tr[td/a[text()='sendMail']]")
