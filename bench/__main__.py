@@ -28,7 +28,7 @@ from bench import mvcc
 from bench.counter import CTX, Counter
 
 SYSTEMS = ["futurecalls", "pgqueuer", "procrastinate", "rawsql"]
-PHASES = ["idle", "drain", "schedule", "lateness", "scale", "mvcc", "steady"]
+PHASES = ["idle", "drain", "schedule", "lateness", "scale", "observability", "mvcc", "steady"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -56,13 +56,21 @@ def bench_dsn(admin_dsn: str) -> str:
 
 
 def run_workers(
-    system: ModuleType, dsn: str, workers: int, counter: Counter, until: int, timeout: float = 300
+    system: ModuleType,
+    dsn: str,
+    workers: int,
+    counter: Counter,
+    until: int,
+    timeout: float = 300,
+    *extra: object,
 ) -> float | None:
-    """Start `workers` processes, wait until `until` calls ran; returns the seconds taken."""
+    """Start `workers` processes, wait until `until` calls ran; returns the seconds taken.
+    ``extra``: more arguments for the system's worker."""
     stop = CTX.Event()
     started = time.perf_counter()
     procs = [
-        CTX.Process(target=system.worker, args=(dsn, 10, counter, stop)) for _ in range(workers)
+        CTX.Process(target=system.worker, args=(dsn, 10, counter, stop, *extra))
+        for _ in range(workers)
     ]
     for proc in procs:
         proc.start()
@@ -221,6 +229,61 @@ def scale(systems: dict[str, ModuleType], dsn: str, n: int, pending: int) -> dic
     return figures
 
 
+OBSERVED = {
+    "": "off",
+    "api": "metrics + OTel API, no SDK",
+    "sampled": "metrics + OTel SDK, 1% sampled",
+    "sdk": "metrics + OTel SDK, all recorded",
+}
+TRACEPARENT = '{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
+
+
+def observability(systems: dict[str, ModuleType], dsn: str, n: int, repeats: int) -> list[Any]:
+    """This project only: the drain at W=4 with metrics and tracing off, and on in three
+    ways (see bench/systems/futurecalls.py), in turns. The rate is from the first call's
+    start to the last's: the workers' start-up (importing prometheus-client and
+    OpenTelemetry, say) is reported apart."""
+    system = systems["futurecalls"]
+    # Imported once here, before the workers fork, as an app imports them at start-up.
+    importlib.import_module("fastapi_futurecalls.metrics")
+    importlib.import_module("fastapi_futurecalls.tracing")
+    importlib.import_module("opentelemetry.sdk.trace")
+    runs: dict[str, list[float]] = {mode: [] for mode in OBSERVED}
+    startups: dict[str, list[float]] = {mode: [] for mode in OBSERVED}
+    for _ in range(repeats):
+        for mode in OBSERVED:
+            asyncio.run(system.setup(dsn))
+            asyncio.run(system.enqueue_due(dsn, n, TRACEPARENT if mode else None))
+            counter = Counter(n)
+            began = time.time()
+            elapsed = run_workers(system, dsn, 4, counter, n, 300, mode)
+            seconds = counter.running_seconds
+            if elapsed and seconds and not counter.duplicates():
+                runs[mode].append(n / seconds)
+                startups[mode].append(counter.first.value - began)
+            print(
+                f"  observability {OBSERVED[mode]:32}: "
+                f"{_fmt(n / seconds if elapsed and seconds else None)} calls/s",
+                file=sys.stderr,
+            )
+    off = statistics.median(runs[""]) if runs[""] else None
+    rows = []
+    for mode, rates in runs.items():
+        median = statistics.median(rates) if rates else None
+        rows.append(
+            {
+                "mode": OBSERVED[mode],
+                "workers": 4,
+                "calls": n,
+                "rates": rates,
+                "median_calls_per_s": median,
+                "vs_off": median / off if median and off else None,
+                "startup_s": statistics.median(startups[mode]) if startups[mode] else None,
+            }
+        )
+    return rows
+
+
 def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -276,6 +339,14 @@ def report(results: dict[str, Any]) -> str:
             f"  drain empty {_fmt(sc['drain_empty_calls_per_s'])} calls/s, loaded "
             f"{_fmt(sc['drain_loaded_calls_per_s'])} calls/s; cancel by identifier "
             f"p50 {sc['cancel_empty_ms']:.2f} ms empty, {sc['cancel_loaded_ms']:.2f} ms loaded"
+        )
+    for row in results.get("observability", []):
+        if row is results["observability"][0]:
+            lines.append("observability: drain at W=4 (calls/s, median of the runs)")
+        lines.append(
+            f"  {row['mode']:30} {_fmt(row['median_calls_per_s']):>9}  vs off "
+            f"{_fmt(row['vs_off'], 3)}  first call after {_fmt(row['startup_s'], 2)} s  runs "
+            + " ".join(_fmt(rate) for rate in row["rates"])
         )
     for row in results.get("mvcc", []):
         if row is results["mvcc"][0]:
@@ -364,6 +435,8 @@ def main() -> None:
         results["lateness"] = lateness(systems, dsn, 200)
     if "scale" in phases and "futurecalls" in systems:
         results["scale"] = scale(systems, dsn, n, 100_000 if args.quick else 1_000_000)
+    if "observability" in phases and "futurecalls" in systems:
+        results["observability"] = observability(systems, dsn, n, 2 if args.quick else 5)
     if "mvcc" in phases:
         results["mvcc"] = mvcc.rounds(systems, dsn, n, 4 if args.quick else 8)
     if "steady" in phases:

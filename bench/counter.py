@@ -16,6 +16,9 @@ class Counter:
         self.runs: Any = CTX.Array("B", n, lock=False)  # runs per call, saturating at 255
         self.total: Any = CTX.Value("q", 0)
         self.lateness: Any = CTX.Array("d", n, lock=False)  # seconds past due, per call
+        # When the first call started, and the n-th (epoch seconds; 0 until then).
+        self.first: Any = CTX.Value("d", 0.0, lock=False)
+        self.last: Any = CTX.Value("d", 0.0, lock=False)
 
     def hit(self, i: int, due: float = 0.0) -> None:
         """Record that call ``i`` started; ``due`` (epoch seconds) to measure lateness."""
@@ -24,7 +27,19 @@ class Counter:
         if self.runs[i] < 255:
             self.runs[i] += 1
         with self.total.get_lock():
+            if self.total.value == 0:
+                self.first.value = time.time()
             self.total.value += 1
+            if self.total.value == self.n:
+                self.last.value = time.time()
+
+    @property
+    def running_seconds(self) -> float | None:
+        """From the start of the first call to the start of the n-th: the drain itself,
+        without the workers' start-up."""
+        if not self.first.value or not self.last.value:
+            return None
+        return float(self.last.value - self.first.value)
 
     @property
     def done(self) -> int:

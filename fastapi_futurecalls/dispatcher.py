@@ -179,7 +179,9 @@ class Dispatcher:
         await self._drain(deadline if deadline is not None else self._loop.time())
 
     async def _step(self) -> None:
-        if self._loop.time() >= self._tick_at:
+        now = self._loop.time()
+        self._telemetry.tick(now)
+        if now >= self._tick_at:
             await self._tick()
         free = self._settings.concurrency_limit - len(self._running)
         if free > 0 and self._loop.time() >= self._due_at and not self._stopping:
@@ -274,7 +276,7 @@ class Dispatcher:
         )
         if calls:
             self._telemetry.started(calls)
-        telemetry = self._telemetry if self._telemetry.per_run else None
+        telemetry = self._telemetry.per_run()
         for call in calls:
             task = asyncio.create_task(run_call(call, self._registry, self._session, telemetry))
             self._running[task] = call
@@ -431,6 +433,7 @@ class Dispatcher:
                 "them as interrupted",
                 len(self._outcomes),
             )
+        self._telemetry.flush()
         if (left := deadline - self._loop.time()) > 0.1:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._record_stats(), timeout=min(left / 2, 1.0))

@@ -135,16 +135,15 @@ async def run_call(
         )
         return Outcome(call, "failed", error)
     running.set(call.context())  # this task's own context: seen by session.call
-    if telemetry is None or not telemetry.per_run:
+    if telemetry is None:
         return await _invoke(call, handler, data, session)
+    span = telemetry.start_run(call)
     started = time.perf_counter()
-    if telemetry.tracing is None:
+    outcome = Outcome(call, "interrupted", "the runner itself was interrupted")
+    try:
         outcome = await _invoke(call, handler, data, session)
-    else:
-        with telemetry.tracing.running(call) as span:
-            outcome = await _invoke(call, handler, data, session)
-            span.ended(outcome)
-    telemetry.invoked(call, time.perf_counter() - started)
+    finally:
+        telemetry.end_run(call, span, outcome, time.perf_counter() - started)
     return outcome
 
 

@@ -12,11 +12,18 @@ from .stats import RunStats
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .runner import ClaimedCall, Outcome
-    from .tracing import Tracing
+    from .tracing import Running, Tracing
 
-# Outcome states by what they count as.
-_FAILED = frozenset({"scheduled", "failed"})  # an attempt failed: retried, or parked
-_RETRIED = frozenset({"scheduled", "snoozed"})
+# Outcome states by what they count as. "scheduled": an attempt failed and is retried.
+_FAILED = frozenset({"scheduled", "failed"})
+_COUNTED_AS: dict[str, tuple[str, ...]] = {
+    "done": ("completed",),
+    "scheduled": ("failed", "retried"),
+    "failed": ("failed",),
+    "interrupted": ("interrupted",),
+    "snoozed": ("retried",),
+    "released": (),
+}
 
 
 class Telemetry:
@@ -24,11 +31,24 @@ class Telemetry:
         self.stats = RunStats()
         self.metrics: Metrics | None = None
         self.tracing: Tracing | None = None
+        self._flush_at = 0.0
 
-    @property
-    def per_run(self) -> bool:
-        """Whether each run is timed or traced (else the runner skips both)."""
-        return self.metrics is not None or self.tracing is not None
+    def per_run(self) -> Telemetry | None:
+        """Self if each run is to be timed or traced, else None (the runner then skips
+        both). Asked once per claimed batch: an SDK may be set up after start."""
+        if self.metrics is not None or (self.tracing is not None and self.tracing.recording):
+            return self
+        return None
+
+    def tick(self, now: float) -> None:
+        """Hand counted runs to prometheus-client, about once a second."""
+        if self.metrics is not None and now >= self._flush_at:
+            self._flush_at = now + 1.0
+            self.metrics.flush()
+
+    def flush(self) -> None:
+        if self.metrics is not None:
+            self.metrics.flush()
 
     def scheduled(self, names: list[str]) -> None:
         if self.metrics is not None:
@@ -61,16 +81,17 @@ class Telemetry:
         metrics = self.metrics
         if metrics is not None:
             for outcome in outcomes:
-                state, name = outcome.state, outcome.call.name
-                if state == "done":
-                    metrics.count("completed", name)
-                elif state == "interrupted":
-                    metrics.count("interrupted", name)
-                elif state in _FAILED:
-                    metrics.count("failed", name)
-                if state in _RETRIED:
-                    metrics.count("retried", name)
+                for kind in _COUNTED_AS[outcome.state]:
+                    metrics.count(kind, outcome.call.name)
 
-    def invoked(self, call: ClaimedCall, seconds: float) -> None:
+    def start_run(self, call: ClaimedCall) -> Running | None:
+        tracing = self.tracing
+        return tracing.start_run(call) if tracing is not None and tracing.recording else None
+
+    def end_run(
+        self, call: ClaimedCall, span: Running | None, outcome: Outcome, seconds: float
+    ) -> None:
+        if span is not None:
+            span.end(outcome)
         if self.metrics is not None:
             self.metrics.observe("duration", call.name, seconds)

@@ -10,14 +10,14 @@ from typing import Any
 import asyncpg
 
 
-async def execute(dsn: str, *statements: str | tuple[str, Any]) -> None:
-    """Run set-up statements (a string, or a (statement, argument) pair) on a fresh
-    connection."""
+async def execute(dsn: str, *statements: str | tuple[Any, ...]) -> None:
+    """Run set-up statements (a string, or a tuple of a statement and its arguments) on a
+    fresh connection."""
     conn = await asyncpg.connect(dsn)
     try:
         for statement in statements:
             if isinstance(statement, tuple):
-                await conn.execute(statement[0], statement[1])
+                await conn.execute(*statement)
             else:
                 await conn.execute(statement)
     finally:

@@ -49,15 +49,17 @@ async def setup(dsn: str) -> None:
     await execute(dsn, "TRUNCATE future_calls")
 
 
-async def enqueue_due(dsn: str, n: int) -> None:
-    """n calls already due (a bulk insert: enqueueing is not what this step measures)."""
+async def enqueue_due(dsn: str, n: int, trace_context: str | None = None) -> None:
+    """n calls already due (a bulk insert: enqueueing is not what this step measures),
+    each scheduled in ``trace_context`` if given."""
     await execute(
         dsn,
         (
-            "INSERT INTO future_calls (name, payload, due_at) "
-            "SELECT 'hit', json_build_object('i', i), now() - interval '1 second' "
+            "INSERT INTO future_calls (name, payload, due_at, trace_context) "
+            "SELECT 'hit', json_build_object('i', i), now() - interval '1 second', $2::jsonb "
             "FROM generate_series(0, $1 - 1) AS i",
             n,
+            trace_context,
         ),
     )
 
@@ -86,13 +88,47 @@ async def schedule_steady(dsn: str, first: int, rate: int, seconds: int) -> None
 
 
 def worker(
-    dsn: str, concurrency: int, counter: Counter, stop: multiprocessing.synchronize.Event
+    dsn: str,
+    concurrency: int,
+    counter: Counter,
+    stop: multiprocessing.synchronize.Event,
+    observed: str = "",
 ) -> None:
+    """``observed``: "" (no metrics, no tracing), or "api" (metrics, and spans through
+    the OpenTelemetry API with no SDK installed), or "sampled" (metrics, and the SDK
+    sampling 1 % of the runs' traces), or "sdk" (metrics, and the SDK recording every
+    span); the SDK hands its spans to a batch processor whose exporter drops them."""
+
     async def run() -> None:
-        async with futurecalls(dsn, counter, concurrency_limit=concurrency, shutdown_grace=5):
+        fc = futurecalls(
+            dsn,
+            counter,
+            concurrency_limit=concurrency,
+            shutdown_grace=5,
+            tracing=bool(observed),
+            tracer_provider=_provider(observed) if observed in ("sampled", "sdk") else None,
+        )
+        if observed:
+            fc.metrics_router()
+        async with fc:
             await asyncio.to_thread(stop.wait)
 
     asyncio.run(run())
+
+
+def _provider(observed: str) -> object:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    class Dropped(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    sampler = ParentBased(TraceIdRatioBased(0.01)) if observed == "sampled" else ALWAYS_ON
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    return provider
 
 
 async def schedule_one_at_a_time(dsn: str, n: int, coroutines: int) -> float:

@@ -5,7 +5,8 @@ $FUTURECALLS_TEST_LOG (O_APPEND writes of one short line are atomic), so the tes
 count runs without depending on the database being up. `record` runs at most once;
 `retried` has three attempts; `limited` has a fleet_limit of 3 and logs `started` and
 `done` with the time. With NEW_CODE=1 the app also registers `newname` (a `record` under
-a name only the new release has).
+a name only the new release has). With METRICS=1 it serves Prometheus metrics at
+/metrics.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(lifespan=lifespan)
 futurecalls.include(app)
+if os.environ.get("METRICS") == "1":
+    app.include_router(futurecalls.metrics_router())
 
 
 @app.exception_handler(DatabaseUnavailableError)
