@@ -297,3 +297,19 @@ async def test_a_dashboard_of_a_stopped_futurecalls_says_so():
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         page = await client.get(BASE + "/")
     assert page.status_code == 503 and "FutureCalls is not started" in page.text
+
+
+async def test_large_kinds_show_estimates_labelled_as_such(dashboard, db, monkeypatch):
+    client, _ = dashboard
+    await db.execute(
+        "INSERT INTO future_calls (name, due_at) SELECT 'record', now() + g * interval '1 s'"
+        " FROM generate_series(1, 500) AS g"
+    )
+    await park(db)
+    await db.execute("ANALYZE future_calls")
+    monkeypatch.setattr(queries, "COUNT_CAP", 100)  # as if the table held millions
+    html = (await client.get(BASE + "/")).text
+    assert 'title="estimate from PostgreSQL\'s statistics">≈ 500</span>' in html
+    assert "marks estimates from PostgreSQL's statistics" in html
+    assert ">100+</span> due within 1 h" in html  # no estimate for it: a lower bound
+    assert '<span class="">1</span>' in html  # the one parked call: exact

@@ -153,6 +153,11 @@ async def test_every_page_is_fast_on_a_million_calls(loaded: asyncpg.Connection)
     assert 800_000 < overview.states["scheduled"].value < 1_000_000
     assert overview.states["running"].value == 200 and overview.states["running"].kind == "exact"
     assert overview.states["recurring"].value == 500
+    failed, interrupted = overview.states["failed"], overview.states["interrupted"]
+    assert failed.kind == interrupted.kind == "estimate"  # 62,867 and 31,433 in truth
+    assert 55_000 < failed.value < 70_000 and 27_000 < interrupted.value < 36_000
+    by_name = {row.name: row.counts["scheduled"] for row in overview.names}
+    assert all(c.kind == "estimate" and 120_000 < c.value < 180_000 for c in by_name.values())
     assert overview.overdue.kind == "at_least" or overview.overdue.value > 0
     assert overview.throughput.started == 15 * 4 * 3000
     assert overview.throughput.p50 == "≤ 25 ms" and overview.throughput.p99 == "≤ 100 ms"
