@@ -246,8 +246,9 @@ class Pages:
     def _next(self, request: Request, wanted: str | None, default: str) -> str:
         """Where to go after an action: the page it was sent from, if it is one of ours."""
         base = self._base(request)
-        if wanted and wanted.startswith(base) and "//" not in wanted and "\\" not in wanted:
-            return wanted
+        path = (wanted or "").partition("?")[0]
+        if path.startswith(base) and not any(bad in path for bad in ("//", "\\", "/..")):
+            return str(wanted)
         return request.url_for(default).path
 
     # -- rendering -------------------------------------------------------------------------

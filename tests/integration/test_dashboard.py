@@ -226,6 +226,11 @@ async def test_actions_change_the_rows_and_need_the_csrf_token(dashboard, db):
         headers={"X-CSRF-Token": token, "HX-Request": "true"},
     )
     assert deleted.status_code == 303 and deleted.headers["location"] == "/futurecalls/calls"
+    for offsite in ("/futurecalls/../admin", "/futurecalls//evil.example", "/elsewhere"):
+        response = await client.post(
+            f"{BASE}/resume", data={"csrf_token": token, "name": "x", "next": offsite}
+        )
+        assert response.headers["location"] == "/futurecalls/", offsite
     assert await db.fetchval("SELECT count(*) FROM future_calls WHERE id = $1", interrupted) == 0
 
     await client.post(f"{BASE}/pause", data={"csrf_token": token, "name": "record"})
