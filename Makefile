@@ -67,8 +67,11 @@ db-destroy: ## Stop the dev PostgreSQL cluster and delete its data
 migrate: venv ## Apply the migrations (alembic upgrade head)
 	$(WITH_DB) $(BIN)/alembic upgrade head
 
+# The workers share a fresh PROMETHEUS_MULTIPROC_DIR, so that /metrics counts the runs of
+# both whichever worker answers (prometheus-client's multiprocess mode).
 run: migrate ## Serve example_app with 2 uvicorn workers on 127.0.0.1:PORT
-	$(WITH_DB) $(BIN)/uvicorn example_app.app:app --workers 2 --host 127.0.0.1 --port $(PORT)
+	$(WITH_DB) PROMETHEUS_MULTIPROC_DIR="$$(mktemp -d)" && export PROMETHEUS_MULTIPROC_DIR && \
+	  $(BIN)/uvicorn example_app.app:app --workers 2 --host 127.0.0.1 --port $(PORT)
 
 test: venv pgbouncer chromium ## Run the tests (extra pytest options: PYTEST_ARGS=...)
 	$(WITH_DB) $(BIN)/pytest $(PYTEST_ARGS)

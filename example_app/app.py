@@ -13,7 +13,8 @@
 - ``POST /admin/mail/pause`` stops sending mails while the provider is down (they are
   still scheduled); ``POST /admin/mail/resume`` sends them again.
 - The operator dashboard is at ``/futurecalls/``, behind HTTP Basic authentication
-  (``admin``/``admin`` unless ``DASHBOARD_USER`` and ``DASHBOARD_PASSWORD`` say otherwise).
+  (``admin``/``admin`` unless ``DASHBOARD_USER`` and ``DASHBOARD_PASSWORD`` say otherwise),
+  and Prometheus metrics at ``/metrics`` behind the same login.
 
 The "mail" is a log line. Run it with ``make run`` (two uvicorn workers).
 """
@@ -112,6 +113,8 @@ def require_admin(credentials: HTTPBasicCredentials = Depends(basic)) -> None:
 
 
 app.include_router(futurecalls.dashboard([Depends(require_admin)]), prefix="/futurecalls")
+# Prometheus metrics at /metrics, behind the same demo login (scrapers can send it).
+app.include_router(futurecalls.metrics_router(dependencies=[Depends(require_admin)]))
 
 
 def user_calls(user_id: int) -> str:

@@ -80,3 +80,19 @@ async def test_the_dashboard_needs_the_admin_login(client: httpx.AsyncClient):
     assert (await client.get("/futurecalls/", auth=("admin", "wrong"))).status_code == 401
     page = await client.get("/futurecalls/calls", auth=("admin", "admin"))
     assert page.status_code == 200 and "user-1" in page.text and "sendMail" in page.text
+
+
+async def test_the_metrics_need_the_admin_login_and_count_the_mails(client: httpx.AsyncClient):
+    def sent(page: httpx.Response) -> float:
+        assert page.status_code == 200
+        line = 'futurecalls_completed_total{name="sendMail"} '
+        found = [row for row in page.text.splitlines() if row.startswith(line)]
+        return float(found[0].removeprefix(line)) if found else 0.0
+
+    assert (await client.get("/metrics")).status_code == 401
+    before = sent(await client.get("/metrics", auth=("admin", "admin")))
+    assert (await client.post("/signup", json=ADA)).status_code == 200
+    assert (await run_due(futurecalls, within=timedelta(minutes=1))).completed == 1
+    page = await client.get("/metrics", auth=("admin", "admin"))
+    assert sent(page) == before + 1  # the app's FutureCalls counts across these tests
+    assert 'futurecalls_calls{state="scheduled"} 2.0' in page.text  # the two follow-ups

@@ -387,6 +387,8 @@ class Dispatcher:
             wake_at = min(wake_at, self._due_at)
         if self._outcomes or wake_at <= now:
             return
+        if not self._running:
+            self._telemetry.flush()  # idle: hand the last counts over before sleeping
         self._wake.clear()
         try:
             async with asyncio.timeout(wake_at - now):

@@ -78,6 +78,10 @@ class Metrics:
     def count(self, kind: str, name: str, amount: int = 1) -> None:
         self._counts[kind, name] += amount
 
+    def count_now(self, kind: str, name: str, amount: int = 1) -> None:
+        """Count straight into prometheus-client (for what is counted rarely)."""
+        self.counters[kind].labels(name).inc(amount)
+
     def observe(self, histogram: str, name: str, seconds: float) -> None:
         observed = self._observed.get((histogram, name))
         if observed is None:
