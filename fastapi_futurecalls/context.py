@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from .errors import ConfigurationError
 
@@ -34,13 +35,19 @@ class CallContext:
         return f"{self.id}:{self.attempt}"
 
 
-running: ContextVar[CallContext | None] = ContextVar("fastapi_futurecalls.call", default=None)
+class _Run(Protocol):
+    def context(self) -> CallContext: ...
+
+
+# The run executing in this task. Its CallContext is built when asked for: most calls
+# never ask, and building one for each run is a measurable share of a short call's cost.
+running: ContextVar[_Run | None] = ContextVar("fastapi_futurecalls.call", default=None)
 
 
 def current_call() -> CallContext:
     """The call whose ``invoke`` is running in this task (or in code it awaits); raises
     :class:`ConfigurationError` outside of one."""
-    call = running.get()
-    if call is None:
+    run = running.get()
+    if run is None:
         raise ConfigurationError("current_call() is only known inside a future call's invoke")
-    return call
+    return run.context()

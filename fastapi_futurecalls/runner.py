@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -23,7 +23,8 @@ logger = logging.getLogger("fastapi_futurecalls")
 NextState = Literal["done", "scheduled", "failed", "interrupted", "released", "snoozed"]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass costs three times as much to build, once per run.
+@dataclass(slots=True)
 class ClaimedCall:
     """A row this process owns: ``owner`` is the worker number that claimed it."""
 
@@ -39,21 +40,25 @@ class ClaimedCall:
     snoozes: int = 0
     priority: int = 0
     trace_context: str | None = None  # JSON: the context the call was scheduled in
+    _context: CallContext | None = field(default=None, repr=False, compare=False)
 
     def context(self) -> CallContext:
-        return CallContext(
-            id=self.id,
-            name=self.name,
-            identifier=self.identifier,
-            attempt=self.attempts,
-            max_attempts=self.max_attempts,
-            due_at=self.due_at,
-            started_at=self.started_at if self.started_at is not None else self.due_at,
-            priority=self.priority,
-        )
+        """What the run knows of itself (built on first use, the same object after)."""
+        if self._context is None:
+            self._context = CallContext(
+                id=self.id,
+                name=self.name,
+                identifier=self.identifier,
+                attempt=self.attempts,
+                max_attempts=self.max_attempts,
+                due_at=self.due_at,
+                started_at=self.started_at if self.started_at is not None else self.due_at,
+                priority=self.priority,
+            )
+        return self._context
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """How a run ended, and where its row goes: deleted ("done"), back in line for another
     attempt ("scheduled"), parked ("failed", "interrupted") with ``error``, back in line
@@ -134,7 +139,7 @@ async def run_call(
             "future call %r (id %d) not run: %s", call.name, call.id, error, extra=_log_extra(call)
         )
         return Outcome(call, "failed", error)
-    running.set(call.context())  # this task's own context: seen by session.call
+    running.set(call)  # in this task's own context: session.call reads it
     if telemetry is None:
         return await _invoke(call, handler, data, session)
     span = telemetry.start_run(call)
