@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 WITH_DB = DATABASE_URL="$${DATABASE_URL:-$$($(PYTHON) scripts/devdb.py ensure)}" && export DATABASE_URL &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test lint format bench clean
+.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test lint format docs bench clean
 
 help: ## List the targets
 	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
@@ -85,10 +85,20 @@ format: venv ## Apply ruff's formatting and autofixes
 	$(BIN)/ruff check --fix --exit-zero .
 	$(BIN)/ruff format .
 
+# The documentation site (mkdocs.yml, docs/): --strict makes any warning an error, so a
+# broken link or a reference to a name that no longer exists fails. Offline: no web
+# fonts, no CDN; open site/index.html from disk.
+docs: $(VENV)/.docs-installed ## Build the documentation site into site/ (mkdocs --strict)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $@
+
 bench: venv ## Run the benchmarks (installs the bench extra)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(WITH_DB) $(BIN)/python -m bench
 
 clean: ## Remove the virtualenv, caches and build output (not the dev database)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist site *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
