@@ -10,16 +10,26 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 
+# The cluster script, with the virtualenv's Python once there is one: there it finds the
+# PostgreSQL that the dev extra installs from PyPI when the system has none (so clean-up
+# works on such a machine too).
+DEVDB = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) scripts/devdb.py
+
 # Prefix for recipe lines that need a database: resolves and exports DATABASE_URL.
 # (Not `export DATABASE_URL=$$(...)`: export would hide a failure of devdb.py.)
-WITH_DB = DATABASE_URL="$${DATABASE_URL:-$$($(PYTHON) scripts/devdb.py ensure)}" && export DATABASE_URL &&
+WITH_DB = DATABASE_URL="$${DATABASE_URL:-$$($(DEVDB) ensure)}" && export DATABASE_URL &&
+
+# $(call WITH_PG,16): the same, on PostgreSQL 16 in a cluster of its own (devdb.py --major:
+# the system's 16 if it has one, else the pip wheel's), whatever DATABASE_URL says.
+WITH_PG = FUTURECALLS_PG=$(1) && export FUTURECALLS_PG && \
+  DATABASE_URL="$$($(DEVDB) ensure)" && export DATABASE_URL &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test lint format docs bench clean
+.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test test-pg16 lint format docs bench clean
 
 help: ## List the targets
 	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 venv: $(VENV)/.installed ## Create the virtualenv with the package (editable) and dev tools
 
@@ -59,10 +69,10 @@ db: ## Start the dev PostgreSQL cluster if needed; print DATABASE_URL
 	@$(WITH_DB) echo "$$DATABASE_URL"
 
 db-stop: ## Stop the dev PostgreSQL cluster
-	$(PYTHON) scripts/devdb.py stop
+	$(DEVDB) stop
 
 db-destroy: ## Stop the dev PostgreSQL cluster and delete its data
-	$(PYTHON) scripts/devdb.py destroy
+	$(DEVDB) destroy
 
 migrate: venv ## Apply the migrations (alembic upgrade head)
 	$(WITH_DB) $(BIN)/alembic upgrade head
@@ -75,6 +85,9 @@ run: migrate ## Serve example_app with 2 uvicorn workers on 127.0.0.1:PORT
 
 test: venv pgbouncer chromium ## Run the tests (extra pytest options: PYTEST_ARGS=...)
 	$(WITH_DB) $(BIN)/pytest $(PYTEST_ARGS)
+
+test-pg16: venv pgbouncer chromium ## Run the tests on PostgreSQL 16 (the pip wheel's if the system has none)
+	$(call WITH_PG,16) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .

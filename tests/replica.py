@@ -11,7 +11,10 @@ failover tests.
 
 Both clusters live under one directory in /tmp (the ``postgres`` OS user runs them when
 we are root, so it must be able to reach it), and reuse scripts/devdb.py's helpers and
-server settings. Replication is asynchronous, as with most managed failovers.
+server settings. They run the binaries of the suite's own cluster (``devdb.bindir()``:
+the system's PostgreSQL 15, or the pip wheel's 16 under ``make test-pg16``), so initdb,
+pg_basebackup and both servers are of one major version, the one under test.
+Replication is asynchronous, as with most managed failovers.
 """
 
 from __future__ import annotations
@@ -52,8 +55,13 @@ class Node:
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@{HOST}:{self.port}/{database}"
 
+    @property
+    def bindir(self) -> Path:
+        """The binaries of this node's major version (its PG_VERSION)."""
+        return devdb._bindir(self.cluster, as_created=True)
+
     def running(self) -> bool:
-        return devdb._running(self.cluster, devdb._bindir())
+        return devdb._running(self.cluster, self.bindir)
 
     def log(self, lines: int = 40) -> str:
         return devdb._tail(self.cluster.log_file, lines)
@@ -70,7 +78,7 @@ class ReplicaPair:
 
     @classmethod
     def create(cls, timeout: float = 60) -> ReplicaPair:
-        bindir = devdb._bindir()
+        bindir = devdb.bindir()  # the suite's cluster's binaries, so both are of its major
         base = Path(tempfile.mkdtemp(prefix="futurecalls-replica-", dir="/tmp"))
         _reachable(base)
         pair = cls(
@@ -110,11 +118,18 @@ class ReplicaPair:
         return pair
 
     def destroy(self) -> None:
-        bindir = devdb._bindir()
         for node in (self.primary, self.standby):
             if node.cluster.pgdata.is_dir() and node.running():
                 devdb._run(
-                    [bindir / "pg_ctl", "stop", "-w", "-m", "immediate", "-D", node.cluster.pgdata],
+                    [
+                        node.bindir / "pg_ctl",
+                        "stop",
+                        "-w",
+                        "-m",
+                        "immediate",
+                        "-D",
+                        node.cluster.pgdata,
+                    ],
                     node.cluster,
                     check=False,
                 )
@@ -123,22 +138,21 @@ class ReplicaPair:
     def stop_primary(self, mode: devdb.StopMode = "fast") -> None:
         """``fast``: a clean shutdown (the standby receives all WAL up to the shutdown
         checkpoint); ``immediate``: a crash, like a lost machine."""
-        devdb._stop(self.primary.cluster, devdb._bindir(), mode)
+        devdb._stop(self.primary.cluster, self.primary.bindir, mode)
 
     def restart_primary(self, mode: devdb.StopMode = "fast") -> None:
         """Stop the node that takes writes now (the standby once promoted) and start it
         again on the same port: an in-place restart. A standby that was streaming from it
         reconnects by itself (wal_retrieve_retry_interval)."""
         node = self.standby if self.promoted else self.primary
-        bindir = devdb._bindir()
-        devdb._stop(node.cluster, bindir, mode)
-        devdb._start(node.cluster, bindir, same_port=True)
+        devdb._stop(node.cluster, node.bindir, mode)
+        devdb._start(node.cluster, node.bindir, same_port=True)
 
     def promote(self, timeout: float = 60) -> None:
         """``pg_ctl promote -w``: returns once the standby accepts writes."""
         devdb._run(
             [
-                devdb._bindir() / "pg_ctl",
+                self.standby.bindir / "pg_ctl",
                 "promote",
                 "-w",
                 "-t",
