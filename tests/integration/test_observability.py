@@ -278,3 +278,21 @@ async def test_runs_add_up_in_the_statistics_table(make_futurecalls, db: asyncpg
     assert (row["started"], row["succeeded"], row["failed"]) == (21, 20, 1)
     buckets = [sum(column) for column in zip(*row["lateness"], strict=True)]
     assert len(buckets) == len(LATENESS_BUCKETS) and sum(buckets) == 21
+
+
+async def test_each_occurrence_of_a_recurring_call_links_to_the_span_that_set_it_up(
+    make_futurecalls, spans
+):
+    fc = register(make_futurecalls(execution_enabled=False, tracer_provider=PROVIDER))
+    async with fc:
+        with PROVIDER.get_tracer("app").start_as_current_span("startup"):
+            await fc.session().future_call_recurring(
+                "fine", Note(), identifier="hourly", every=timedelta(hours=1)
+            )
+        assert (await run_due(fc, timedelta(hours=3, minutes=1))).completed == 3
+    (send,) = named(spans(), "send fine")
+    runs = named(spans(), "process fine")
+    assert len(runs) == 3
+    assert all(
+        [link.context.span_id for link in run.links] == [send.context.span_id] for run in runs
+    )
