@@ -214,7 +214,7 @@ def _initdb(cluster: _Cluster, bindir: Path) -> None:
     # never leaves a half-made pgdata/ behind.
     tmp = cluster.base / "pgdata.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    _log(f"creating a PostgreSQL cluster in {cluster.pgdata}")
+    _log(f"creating a PostgreSQL cluster in {cluster.pgdata} with {bindir}")
     command: list[str | Path] = [bindir / "initdb", "-D", tmp, "-U", SUPERUSER, "--no-sync"]
     command += ["--encoding=UTF8", "--no-locale", "--auth-local=trust", "--auth-host=trust"]
     try:
