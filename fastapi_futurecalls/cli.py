@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 run-due: at least one call did not complete; 2 bad usag
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import signal
@@ -15,11 +16,14 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, TypeVar
 
+import asyncpg
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import ConfigurationError, DatabaseError, InvalidScheduleError
 from .futurecalls import FutureCalls
 from .records import FutureCallRecord
+from .settings import Settings
 
 T = TypeVar("T")
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
@@ -223,6 +227,72 @@ def prune(
             return await futurecalls.session().prune_future_calls(age)
 
     typer.echo(f"pruned {run(remove)}")
+
+
+@app.command(
+    help="Create or upgrade (or downgrade) this library's tables with the revisions that "
+    "ship in the package, without an alembic set-up of your own. REVISION is head (the "
+    "default), base (drop the tables and their calls), a revision such as futurecalls_0005 "
+    "(or a unique prefix), or +N / -N steps. A revision below the current one downgrades. "
+    "Idempotent: at the target already, nothing is done. The database is --dsn, else "
+    "--app's FutureCalls, else FUTURECALLS_DSN, then DATABASE_URL. The version is kept in "
+    "the table futurecalls_alembic_version (in --schema when given), apart from your own "
+    "alembic's. Exit codes: 0 ok, 2 bad revision or usage, 3 database unreachable, "
+    "misconfigured, or its table managed by another alembic set-up."
+)
+def migrate(
+    revision: Annotated[
+        str,
+        typer.Argument(metavar="REVISION", help="head, base, a revision (or prefix), +N, or -- -N"),
+    ] = "head",
+    dsn: Annotated[
+        str | None,
+        typer.Option(help="the database (default: FUTURECALLS_DSN, then DATABASE_URL)"),
+    ] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option(help="schema of the tables and version table (default: FUTURECALLS_SCHEMA)"),
+    ] = None,
+    app_target: Annotated[
+        str | None,
+        typer.Option("--app", help="module:attribute of your FutureCalls: use its dsn and schema"),
+    ] = None,
+) -> None:
+    from .migrations.migrate import BadRevisionError, MigrateError
+    from .migrations.migrate import migrate as run_migrations
+
+    if ":" in revision:
+        raise typer.BadParameter(
+            f"{revision!r} looks like module:attribute; give it as --app {revision}",
+            param_hint="REVISION",
+        )
+    try:
+        if app_target is not None:
+            settings = load(app_target).settings
+            settings = dataclasses.replace(
+                settings, dsn=dsn or settings.dsn, schema=schema or settings.schema
+            )
+        else:
+            settings = Settings.load({"dsn": dsn, "schema": schema})
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    if not settings.dsn:
+        typer.echo("error: no database: give --dsn, or set DATABASE_URL", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE)
+    try:
+        done = run_migrations(settings.dsn, revision, schema=settings.schema)
+    except BadRevisionError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except (MigrateError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    except (OSError, SQLAlchemyError, asyncpg.PostgresError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        typer.echo(f"error: cannot migrate the database: {cause}", err=True)
+        raise typer.Exit(EXIT_UNAVAILABLE) from None
+    typer.echo(done.describe())
 
 
 def table(records: list[FutureCallRecord]) -> str:
