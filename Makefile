@@ -25,7 +25,7 @@ WITH_PG = FUTURECALLS_PG=$(1) && export FUTURECALLS_PG && \
   DATABASE_URL="$$($(DEVDB) ensure)" && export DATABASE_URL &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test test-pg16 lint format docs bench clean
+.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test test-pg16 lint dist format docs bench clean
 
 help: ## List the targets
 	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
@@ -93,6 +93,13 @@ lint: venv ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The wheel and sdist into dist/ (isolated build with hatchling), then their metadata
+# checked; tests/integration/test_wheel.py installs the wheel into a fresh virtualenv.
+dist: venv ## Build the wheel and sdist into dist/ and twine-check them
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
 
 format: venv ## Apply ruff's formatting and autofixes
 	$(BIN)/ruff check --fix --exit-zero .
