@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -126,6 +127,17 @@ def card(driver: webdriver.Chrome, key: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, f".card.c-{key} .value").text
 
 
+def click(driver: webdriver.Chrome, xpath: str) -> None:
+    """Click, again if the live refresh swapped the element out just then."""
+    for _ in range(5):
+        try:
+            driver.find_element(By.XPATH, xpath).click()
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{xpath} kept going stale")
+
+
 async def eventually(db: asyncpg.Connection, sql: str, expected: object, *args: object) -> None:
     deadline = time.monotonic() + 20
     while (value := await db.fetchval(sql, *args)) != expected:
@@ -202,8 +214,7 @@ async def test_the_dashboard_in_a_real_browser(
 
         # Pause a name from the overview's table of names.
         browser.get(base + "/")
-        row = browser.find_element(By.XPATH, "//tr[td/a[text()='sendMail']]")
-        row.find_element(By.XPATH, ".//button[text()='Pause']").click()
+        click(browser, "//tr[td/a[text()='sendMail']]//button[text()='Pause']")
         wait(browser, ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".flash"), "Paused"))
         assert await db.fetchval("SELECT array_agg(name) FROM future_calls_paused") == ["sendMail"]
 
