@@ -253,8 +253,10 @@ async def test_actions_change_the_rows_and_need_the_csrf_token(dashboard, db):
     assert empty.status_code == 400 and "identifier" in empty.text
 
 
-async def test_the_workers_page_tells_live_from_gone(dsn, db, make_futurecalls):
+@pytest.mark.parametrize("lock_namespace", [None, 4242])  # the table's oid, or the setting
+async def test_the_workers_page_tells_live_from_gone(dsn, db, make_futurecalls, lock_namespace):
     worker = make_futurecalls()
+    worker.configure(lock_namespace=lock_namespace)
     worker.register_future_call(Recorder(), "record")
     app = FastAPI()
     app.include_router(worker.dashboard(allow_anonymous=True), prefix="/futurecalls")
