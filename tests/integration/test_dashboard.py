@@ -15,7 +15,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 
 from fastapi_futurecalls import ConfigurationError, FutureCalls
 from fastapi_futurecalls.dashboard import queries
-from tests.support import Item, Recorder
+from tests.conftest import ROOT
+from tests.support import Item, Recorder, alembic
 
 BASE = "http://test/futurecalls"
 
@@ -320,3 +321,20 @@ async def test_large_kinds_show_estimates_labelled_as_such(dashboard, db, monkey
     assert "marks estimates from PostgreSQL's statistics" in html
     assert ">100+</span> due within 1 h" in html  # no estimate for it: a lower bound
     assert '<span class="">1</span>' in html  # the one parked call: exact
+
+
+async def test_the_dashboard_of_calls_in_a_schema_of_their_own(dsn, db, make_futurecalls):
+    schema = 'Ops "x"'
+    alembic(ROOT, dsn, "upgrade", "head", FUTURECALLS_SCHEMA=schema)
+    fc = make_futurecalls(schema=schema)
+    fc.register_future_call(Recorder(), "record")
+    app = FastAPI()
+    app.include_router(fc.dashboard(allow_anonymous=True), prefix="/futurecalls")
+    async with fc:
+        await fc.session().future_call_with_delay("record", Item(n=1), timedelta(hours=1), "x-1")
+        await db.execute('ANALYZE "Ops ""x""".future_calls')
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            pages = {p: await client.get(BASE + p) for p in ("/", "/calls", "/workers", "/chains")}
+    assert all(page.status_code == 200 for page in pages.values()), pages
+    assert "x-1" in pages["/calls"].text and "registered" in pages["/"].text
