@@ -32,6 +32,7 @@ class CallContext:
 
     @property
     def key(self) -> str:
+        """``"id:attempt"``: the same for one run, different for each retry."""
         return f"{self.id}:{self.attempt}"
 
 

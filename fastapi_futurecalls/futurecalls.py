@@ -44,6 +44,7 @@ class DueRun:
 
     @property
     def ok(self) -> bool:
+        """Whether every run completed (``failed == 0``)."""
         return self.failed == 0
 
 
@@ -51,7 +52,8 @@ class FutureCalls:
     """Future calls for one application.
 
     Arguments left as ``None`` come from the environment (``FUTURECALLS_*``, the DSN also
-    from ``DATABASE_URL``), then from the defaults documented in the README.
+    from ``DATABASE_URL``), then from the defaults: see docs/reference/configuration.md,
+    and :class:`Settings` for the fields.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class FutureCalls:
 
     @property
     def started(self) -> bool:
+        """Whether it is connected (between :meth:`start` and :meth:`stop`)."""
         return self._store is not None
 
     @property
@@ -140,8 +143,8 @@ class FutureCalls:
     ) -> APIRouter:
         """A router serving Prometheus metrics at ``path`` (``app.include_router(...)``);
         building it turns the counters and histograms on. Needs prometheus-client
-        (``pip install fastapi-futurecalls[metrics]``); see the README for
-        ``uvicorn --workers N``."""
+        (``pip install fastapi-futurecalls[metrics]``); see docs/how-to/metrics-traces.md
+        for ``uvicorn --workers N``."""
         try:
             from . import metrics
         except ImportError as exc:

@@ -9,6 +9,10 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel
 
 CallState = Literal["scheduled", "running", "interrupted", "failed"]
+"""A stored call's state: ``"scheduled"`` (pending, or a recurring chain), ``"running"``
+(claimed by a live worker), or parked: ``"failed"`` (no attempts left, or a row that can
+no longer run) and ``"interrupted"`` (its worker died, or shutdown cancelled it). A
+completed call is deleted, so it has no state."""
 CALL_STATES: frozenset[str] = frozenset(get_args(CallState))
 
 

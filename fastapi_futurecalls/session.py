@@ -37,6 +37,9 @@ class PlannedCall:
 
 
 IfExists = Literal["add", "skip", "replace"]
+"""What scheduling does when pending one-off calls with the same identifier exist:
+``"add"`` (the default) schedules another, ``"skip"`` keeps the pending call and returns
+its id, ``"replace"`` removes them and schedules this one. Race-free across workers."""
 IF_EXISTS: frozenset[str] = frozenset(get_args(IfExists))
 
 
