@@ -25,7 +25,7 @@ WITH_PG = FUTURECALLS_PG=$(1) && export FUTURECALLS_PG && \
   DATABASE_URL="$$($(DEVDB) ensure)" && export DATABASE_URL &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test test-pg16 lint dist format docs bench clean
+.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test test-pg16 test-pg18 lint dist format docs bench clean
 
 help: ## List the targets
 	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
@@ -88,6 +88,9 @@ test: venv pgbouncer chromium ## Run the tests (extra pytest options: PYTEST_ARG
 
 test-pg16: venv pgbouncer chromium ## Run the tests on PostgreSQL 16 (the pip wheel's if the system has none)
 	$(call WITH_PG,16) $(BIN)/pytest $(PYTEST_ARGS)
+
+test-pg18: venv pgbouncer chromium ## Run the tests on PostgreSQL 18 (likewise; not run by CI)
+	$(call WITH_PG,18) $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .
