@@ -71,6 +71,7 @@ class Pages:
             name: files(__package__).joinpath("static", name).read_bytes() for name in STATIC
         }
         self._version = hashlib.sha256(b"".join(self._static.values())).hexdigest()[:12]
+        self._paths: dict[str, str] = {}
 
     # -- routes ------------------------------------------------------------------------------
 
@@ -88,6 +89,11 @@ class Pages:
         post("/cancel", name="futurecalls_cancel", **html)(self.cancel)
         post("/pause", name="futurecalls_pause", **html)(self.pause)
         post("/resume", name="futurecalls_resume", **html)(self.resume)
+        # Route paths by name, to build links under the mount point found once per request
+        # (url_for walks the whole app's routes: once per link would cost a page dearly).
+        self._paths = {
+            route.name: route.path for route in router.routes if isinstance(route, APIRoute)
+        }
 
     def route_class(self) -> type[APIRoute]:
         """Routes that answer bad input with a page saying what was wrong (400, 422)."""
@@ -269,8 +275,12 @@ class Pages:
         flash = request.cookies.get(FLASH) if page else None
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
+        base = self._base(request).removesuffix("/")
+
         def url(route: str, query: dict[str, Any] | None = None, **path: Any) -> str:
-            target = request.url_for(route, **path).path
+            target = base + self._paths[route].format(
+                **{k: quote(str(v), safe="") for k, v in path.items()}
+            )
             kept = {k: v for k, v in (query or {}).items() if v is not None}
             return target + ("?" + urlencode(kept) if kept else "")
 
@@ -350,7 +360,7 @@ def _when(value: datetime | None) -> str:
         return "—"
     if value in (datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)):
         return "infinity" if value.year == 9999 else "-infinity"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(UTC).isoformat(" ", "seconds")[:19] + " UTC"
 
 
 def _since(value: datetime | None, now: datetime) -> str:
