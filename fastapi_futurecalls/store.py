@@ -73,7 +73,8 @@ def database_errors(action: str) -> Iterator[None]:
         yield
     except asyncpg.UndefinedTableError as exc:
         raise SchemaMissingError(
-            f"{action}: the future_calls table does not exist; run `alembic upgrade head`"
+            f"{action}: the future_calls table does not exist; run `fastapi-futurecalls "
+            "migrate` (or `alembic upgrade head`)"
         ) from exc
     except POOLER_SYMPTOMS as exc:
         raise ConfigurationError(f"{action}: {first_line(exc)}: {POOLER_HINT}") from exc
@@ -209,9 +210,11 @@ class Store:
         if not present:
             where = "" if self._schema is None else f" in schema {self._schema!r}"
             env = "" if self._schema is None else f"FUTURECALLS_SCHEMA={self._schema} "
+            option = "" if self._schema is None else f" --schema {self._schema}"
             raise SchemaMissingError(
-                f"the future_calls table does not exist{where}; run `{env}alembic upgrade "
-                "head` (see the README: Migrations)"
+                f"the future_calls table does not exist{where}; run `fastapi-futurecalls "
+                f"migrate{option}`, or `{env}alembic upgrade head` with your alembic set-up "
+                "(see the README: Migrations)"
             )
 
     @asynccontextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from fastapi_futurecalls import FutureCalls
+from fastapi_futurecalls import FutureCalls, SchemaMissingError
 from tests.conftest import ROOT, _admin, with_database
 from tests.support import Item, Recorder, alembic
 
@@ -70,6 +70,8 @@ async def test_migrate_creates_the_tables_then_schedules_and_runs(
     empty_dsn: str, empty_db: asyncpg.Connection
 ):
     assert await tables(empty_db) == set()
+    with pytest.raises(SchemaMissingError, match="run `fastapi-futurecalls migrate`"):
+        await FutureCalls(empty_dsn).start()  # the error says what to run
     done = await asyncio.to_thread(migrate, empty_dsn)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"upgraded from base (no tables) to {HEAD} (head)"
