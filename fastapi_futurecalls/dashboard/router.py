@@ -96,7 +96,8 @@ class Pages:
         }
 
     def route_class(self) -> type[APIRoute]:
-        """Routes that answer bad input with a page saying what was wrong (400, 422)."""
+        """Routes that answer with a page saying what was wrong: bad input (400, 422), or
+        FutureCalls not started or its database down (503)."""
         pages = self
 
         class DashboardRoute(APIRoute):
