@@ -408,20 +408,13 @@ class Store:
                 await pooled.execute(self._queries["prune_stats"], older_than)
 
     async def gauges(self, exact_up_to: int = 10_000) -> dict[str, float | None]:
-        """The figures of the metrics gauges (see the gauges statement)."""
+        """The figures of the metrics gauges: calls by state (exact up to ``exact_up_to``
+        each, PostgreSQL's estimate past that) and the age of the oldest due call."""
         with database_errors("reading the metrics gauges"):
             async with self._on(None) as pooled:
                 row = await pooled.fetchrow(self._queries["gauges"], exact_up_to)
         assert row is not None
-        values: dict[str, float | None] = {
-            key: row[key] for key in ("running", "failed", "interrupted", "recurring")
-        }
-        scheduled, estimate = row["scheduled"], row["scheduled_estimate"]
-        if scheduled >= exact_up_to and estimate is not None:
-            scheduled = max(scheduled, estimate)
-        values["scheduled"] = scheduled
-        values["oldest_due_age"] = max(row["oldest_due_age"] or 0.0, 0.0)
-        return values
+        return gauge_values(row, exact_up_to)
 
     async def park_orphans(self, namespace: int, grace: float, limit: int) -> list[asyncpg.Record]:
         """Maintenance: park pending calls of names no live worker registers."""
@@ -461,3 +454,18 @@ class Store:
         with database_errors(f"deleting future call {call_id}"):
             async with self._on(None) as pooled:
                 return await pooled.fetchval(self._queries["delete"], call_id) is not None
+
+
+def gauge_values(row: asyncpg.Record, exact_up_to: int) -> dict[str, float | None]:
+    """The gauges statement's row as figures: calls by state (an estimate from the
+    table's statistics for a state counted to the cap) and the oldest due call's age."""
+    frequencies = dict(zip(row["state_values"] or (), row["state_freqs"] or (), strict=False))
+    values: dict[str, float | None] = {}
+    for state in ("scheduled", "running", "failed", "interrupted", "recurring"):
+        count = float(row[state])
+        if count >= exact_up_to and state in frequencies and row["rows"] > 0:
+            # The state's share of the table; for scheduled, chains count in it too.
+            count = max(count, row["rows"] * frequencies[state])
+        values[state] = count
+    values["oldest_due_age"] = max(row["oldest_due_age"] or 0.0, 0.0)
+    return values

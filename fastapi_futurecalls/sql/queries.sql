@@ -682,21 +682,33 @@ ON CONFLICT (minute, worker) DO UPDATE SET
 DELETE FROM future_calls_stats WHERE minute < now() - make_interval(secs => $1);
 
 -- name: gauges
--- The fleet's figures for a metrics scrape, each from a small index: one-off calls
--- scheduled, counted up to $1 (past it, the due index's size as of its last vacuum or
--- analyze, an estimate: an exact count of millions of rows would take a second); running,
--- parked and recurring ones exactly; and the age in seconds of the oldest call that is
--- due and has not started (a due slot of a chain included, paused names left out).
+-- The fleet's figures for a metrics scrape, each from a small index. Calls by state are
+-- counted up to $1 each (an exact count of millions of rows would take a second); past
+-- that the caller estimates them from the statistics returned here (the table's row
+-- count and its most common states with their frequencies, kept by ANALYZE). And the
+-- age in seconds of the oldest call that is due and has not started (a due slot of a
+-- chain included, paused names left out).
 SELECT (SELECT count(*) FROM (SELECT 1 FROM future_calls
                               WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
                               LIMIT $1) AS s) AS scheduled,
-       (SELECT reltuples FROM pg_class
-        WHERE oid = to_regclass('future_calls_due_idx')) AS scheduled_estimate,
-       (SELECT count(*) FROM future_calls WHERE state = 'running') AS running,
-       (SELECT count(*) FROM future_calls WHERE state = 'failed') AS failed,
-       (SELECT count(*) FROM future_calls WHERE state = 'interrupted') AS interrupted,
-       (SELECT count(*) FROM future_calls
-        WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled') AS recurring,
+       (SELECT count(*) FROM (SELECT 1 FROM future_calls WHERE state = 'running'
+                              LIMIT $1) AS s) AS running,
+       (SELECT count(*) FROM (SELECT 1 FROM future_calls WHERE state = 'failed'
+                              LIMIT $1) AS s) AS failed,
+       (SELECT count(*) FROM (SELECT 1 FROM future_calls WHERE state = 'interrupted'
+                              LIMIT $1) AS s) AS interrupted,
+       (SELECT count(*) FROM (SELECT 1 FROM future_calls
+                              WHERE (cron IS NOT NULL OR every IS NOT NULL)
+                                AND state = 'scheduled' LIMIT $1) AS s) AS recurring,
+       (SELECT reltuples::float8 FROM pg_class WHERE oid = 'future_calls'::regclass) AS rows,
+       (SELECT st.most_common_vals::text::text[] FROM pg_stats AS st
+        JOIN pg_class AS c ON c.relname = st.tablename
+        JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = st.schemaname
+        WHERE c.oid = 'future_calls'::regclass AND st.attname = 'state') AS state_values,
+       (SELECT st.most_common_freqs FROM pg_stats AS st
+        JOIN pg_class AS c ON c.relname = st.tablename
+        JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = st.schemaname
+        WHERE c.oid = 'future_calls'::regclass AND st.attname = 'state') AS state_freqs,
        extract(epoch FROM now() - least(
            (SELECT min(due_at) FROM future_calls
             WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND due_at <= now()
