@@ -120,6 +120,13 @@ def package_files() -> set[str]:
 
 
 def test_the_wheel_holds_the_package_and_its_metadata(wheel: Path):
+    checked = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0 and "PASSED" in checked.stdout, checked.stdout + checked.stderr
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
