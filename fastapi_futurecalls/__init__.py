@@ -8,6 +8,7 @@ not import asyncpg, FastAPI and the rest.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -95,4 +96,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    """The public names, the submodules loaded so far, and the module's own dunders."""
+    loaded = [name for name, value in globals().items() if isinstance(value, ModuleType)]
+    dunders = [name for name in globals() if name.startswith("__")]
+    return sorted({*__all__, *loaded, *dunders})
