@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from .tracing import Running, Tracing
 
 # Outcome states by what they count as. "scheduled": an attempt failed and is retried.
-_FAILED = frozenset({"scheduled", "failed"})
 _COUNTED_AS: dict[str, tuple[str, ...]] = {
     "done": ("completed",),
     "scheduled": ("failed", "retried"),
@@ -27,6 +26,10 @@ _COUNTED_AS: dict[str, tuple[str, ...]] = {
 
 
 class Telemetry:
+    """One FutureCalls' reporting: the dispatcher tells it of batches started and
+    ended, the runner of each run (when :meth:`per_run` asks for it), the Session of
+    calls scheduled."""
+
     def __init__(self) -> None:
         self.stats = RunStats()
         self.metrics: Metrics | None = None
@@ -69,21 +72,14 @@ class Telemetry:
                 metrics.observe("lateness", call.name, seconds)
 
     def ended(self, outcomes: list[Outcome]) -> None:
-        succeeded = failed = interrupted = 0
-        for outcome in outcomes:
-            state = outcome.state
-            if state == "done":
-                succeeded += 1
-            elif state in _FAILED:
-                failed += 1
-            elif state == "interrupted":
-                interrupted += 1
-        self.stats.ended(succeeded, failed, interrupted)
+        tally: Counter[str] = Counter()
         metrics = self.metrics
-        if metrics is not None:
-            for outcome in outcomes:
-                for kind in _COUNTED_AS[outcome.state]:
+        for outcome in outcomes:
+            for kind in _COUNTED_AS[outcome.state]:
+                tally[kind] += 1
+                if metrics is not None:
                     metrics.count(kind, outcome.call.name)
+        self.stats.ended(tally["completed"], tally["failed"], tally["interrupted"])
 
     def start_run(self, call: ClaimedCall) -> Running | None:
         tracing = self.tracing
