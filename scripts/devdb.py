@@ -434,11 +434,12 @@ def _reachable_bindir(install: _Install) -> Path:
 
 @functools.cache
 def _runs_as(bindir: Path, owner: pwd.struct_passwd) -> bool:
-    if not (bindir / "pg_ctl").exists():
+    """Whether ``owner`` can run the binaries (initdb: it loads libpq too)."""
+    if not (bindir / "initdb").exists():
         return False
     try:
         result = subprocess.run(
-            [str(bindir / "pg_ctl"), "--version"],
+            [str(bindir / "initdb"), "--version"],
             cwd="/",
             capture_output=True,
             user=owner.pw_uid,
