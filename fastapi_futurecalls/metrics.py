@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 from bisect import bisect_left
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -68,36 +67,40 @@ class Metrics:
                 registry=self.registry,
             ),
         }
-        self._bounds = {
-            "lateness": LATENESS_BUCKETS,
-            "duration": (*DURATION_BUCKETS, math.inf),
-        }
-        self._counts: dict[tuple[str, str], int] = defaultdict(int)
-        self._observed: dict[tuple[str, str], _Observed] = {}
+        self._figures: dict[str, Figures] = {}
 
-    def count(self, kind: str, name: str, amount: int = 1) -> None:
-        self._counts[kind, name] += amount
+    def figures(self, name: str) -> Figures:
+        """What is counted for ``name`` until the next flush (one lookup per run)."""
+        figures = self._figures.get(name)
+        if figures is None:
+            figures = self._figures[name] = Figures()
+        return figures
 
     def count_now(self, kind: str, name: str, amount: int = 1) -> None:
         """Count straight into prometheus-client (for what is counted rarely)."""
         self.counters[kind].labels(name).inc(amount)
 
-    def observe(self, histogram: str, name: str, seconds: float) -> None:
-        observed = self._observed.get((histogram, name))
-        if observed is None:
-            bounds = self._bounds[histogram]
-            observed = self._observed[histogram, name] = _Observed(bounds)
-        observed.buckets[bisect_left(observed.bounds, seconds)] += 1
-        observed.sum += seconds
-
     def flush(self) -> None:
         """Add what was counted since the last flush to the prometheus-client metrics."""
-        counts, self._counts = self._counts, defaultdict(int)
-        for (kind, name), amount in counts.items():
-            self.counters[kind].labels(name).inc(amount)
-        observed, self._observed = self._observed, {}
-        for (histogram, name), seen in observed.items():
-            _add(self.histograms[histogram].labels(name), seen)
+        figures, self._figures = self._figures, {}
+        for name, seen in figures.items():
+            for kind, amount in seen.counts.items():
+                if amount:
+                    self.counters[kind].labels(name).inc(amount)
+            for histogram, observed in (("lateness", seen.lateness), ("duration", seen.duration)):
+                if any(observed.buckets):
+                    _add(self.histograms[histogram].labels(name), observed)
+
+
+class Figures:
+    """One call name's runs since the last flush: counts by kind, and two histograms."""
+
+    __slots__ = ("counts", "duration", "lateness")
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(("started", "completed", "failed", "interrupted", "retried"), 0)
+        self.lateness = _Observed(LATENESS_BUCKETS)
+        self.duration = _Observed((*DURATION_BUCKETS, math.inf))
 
 
 class _Observed:
@@ -107,6 +110,10 @@ class _Observed:
         self.bounds = bounds
         self.buckets = [0] * len(bounds)
         self.sum = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.buckets[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
 
 
 def _add(child: Any, seen: _Observed) -> None:

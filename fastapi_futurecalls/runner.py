@@ -144,12 +144,20 @@ async def run_call(
         return await _invoke(call, handler, data, session)
     span = telemetry.start_run(call)
     started = time.perf_counter()
-    outcome = Outcome(call, "interrupted", "the runner itself was interrupted")
     try:
         outcome = await _invoke(call, handler, data, session)
-    finally:
-        telemetry.end_run(call, span, outcome, time.perf_counter() - started)
+    except BaseException:  # not the call's own errors (_invoke turns those into outcomes)
+        telemetry.end_run(call, span, _BROKEN, time.perf_counter() - started)
+        raise
+    telemetry.end_run(call, span, outcome, time.perf_counter() - started)
     return outcome
+
+
+_BROKEN = Outcome(
+    ClaimedCall(0, "", None, None, datetime.min, 0, 0, 0),
+    "interrupted",
+    "the runner was interrupted",
+)
 
 
 async def _invoke(

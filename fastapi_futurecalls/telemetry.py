@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from .runner import ClaimedCall, Outcome
     from .tracing import Running, Tracing
 
-# Outcome states by what they count as. "scheduled": an attempt failed and is retried.
+# Outcome states by the metrics they count in. "scheduled": an attempt failed and is
+# retried.
 _COUNTED_AS: dict[str, tuple[str, ...]] = {
     "done": ("completed",),
     "scheduled": ("failed", "retried"),
@@ -34,12 +35,15 @@ class Telemetry:
         self.stats = RunStats()
         self.metrics: Metrics | None = None
         self.tracing: Tracing | None = None
+        self._recording: Tracing | None = None
         self._flush_at = 0.0
 
     def per_run(self) -> Telemetry | None:
         """Self if each run is to be timed or traced, else None (the runner then skips
         both). Asked once per claimed batch: an SDK may be set up after start."""
-        if self.metrics is not None or (self.tracing is not None and self.tracing.recording):
+        tracing = self.tracing
+        self._recording = tracing if tracing is not None and tracing.recording else None
+        if self.metrics is not None or self._recording is not None:
             return self
         return None
 
@@ -68,22 +72,31 @@ class Telemetry:
         metrics = self.metrics
         if metrics is not None:
             for call, seconds in zip(calls, lateness, strict=True):
-                metrics.count("started", call.name)
-                metrics.observe("lateness", call.name, seconds)
+                figures = metrics.figures(call.name)
+                figures.counts["started"] += 1
+                figures.lateness.add(seconds)
 
     def ended(self, outcomes: list[Outcome]) -> None:
-        tally: Counter[str] = Counter()
-        metrics = self.metrics
+        succeeded = failed = interrupted = 0
         for outcome in outcomes:
-            for kind in _COUNTED_AS[outcome.state]:
-                tally[kind] += 1
-                if metrics is not None:
-                    metrics.count(kind, outcome.call.name)
-        self.stats.ended(tally["completed"], tally["failed"], tally["interrupted"])
+            state = outcome.state
+            if state == "done":
+                succeeded += 1
+            elif state == "scheduled" or state == "failed":  # "scheduled": to be retried
+                failed += 1
+            elif state == "interrupted":
+                interrupted += 1
+        self.stats.ended(succeeded, failed, interrupted)
+        metrics = self.metrics
+        if metrics is not None:
+            for outcome in outcomes:
+                counts = metrics.figures(outcome.call.name).counts
+                for kind in _COUNTED_AS[outcome.state]:
+                    counts[kind] += 1
 
     def start_run(self, call: ClaimedCall) -> Running | None:
-        tracing = self.tracing
-        return tracing.start_run(call) if tracing is not None and tracing.recording else None
+        tracing = self._recording  # as per_run found it for this call's batch
+        return tracing.start_run(call) if tracing is not None else None
 
     def end_run(
         self, call: ClaimedCall, span: Running | None, outcome: Outcome, seconds: float
@@ -91,4 +104,4 @@ class Telemetry:
         if span is not None:
             span.end(outcome)
         if self.metrics is not None:
-            self.metrics.observe("duration", call.name, seconds)
+            self.metrics.figures(call.name).duration.add(seconds)
