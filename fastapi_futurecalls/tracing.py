@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 if TYPE_CHECKING:
     from .runner import ClaimedCall, Outcome
@@ -67,29 +67,33 @@ class Tracing:
     def start_run(self, call: ClaimedCall) -> Running:
         """Start the span of one run of ``call``, current until :meth:`Running.end`, so
         the spans of what ``invoke`` does are its children. (Not a context manager: this
-        runs for every call, and a generator-based one costs more than the span.)"""
-        links = None
-        if call.trace_context is not None:
-            linked = _linked(call.trace_context)
-            if linked is not None:
-                links = [Link(linked)]
-        attributes: dict[str, Any] = {
-            "messaging.system": SYSTEM,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "messaging.destination.name": call.name,
-            "messaging.message.id": str(call.id),
-            "futurecalls.attempt": call.attempts,
-        }
-        if call.identifier is not None:
-            attributes["futurecalls.identifier"] = call.identifier
+        runs for every call, and a generator-based one costs more than the span.) The
+        span starts with the attributes a sampler may look at; the others and the link
+        to the scheduling span are added only if it is sampled, which spares most of the
+        cost of the runs a sampler leaves out."""
         span = self._tracer.start_span(
             f"process {call.name}",
             context=_ROOT,  # a trace of its own, linked to the one that scheduled it
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
+            attributes={
+                "messaging.system": SYSTEM,
+                "messaging.operation.type": "process",
+                "messaging.destination.name": call.name,
+            },
         )
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "messaging.operation.name": "process",
+                    "messaging.message.id": str(call.id),
+                    "futurecalls.attempt": call.attempts,
+                }
+            )
+            if call.identifier is not None:
+                span.set_attribute("futurecalls.identifier", call.identifier)
+            linked = None if call.trace_context is None else _linked(call.trace_context)
+            if linked is not None:
+                span.add_link(linked)
         return Running(span, otel_context.attach(trace.set_span_in_context(span)))
 
 
