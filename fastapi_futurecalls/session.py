@@ -298,14 +298,15 @@ class Session:
         conn = await _executor(connection)
         tracing = self._telemetry.tracing
         if tracing is None:
-            call_id = await self._store.schedule(row, if_exists=if_exists, conn=conn)
+            call_id, stored = await self._store.schedule(row, if_exists=if_exists, conn=conn)
         else:
             with tracing.scheduling(name) as span:
-                call_id = await self._store.schedule(
+                call_id, stored = await self._store.schedule(
                     row, if_exists=if_exists, conn=conn, trace_context=span.context()
                 )
-                span.stored([call_id])
-        self._telemetry.scheduled([name])
+                span.stored([call_id], kept=not stored)
+        if stored:  # "skip" that kept the pending call scheduled nothing
+            self._telemetry.scheduled([name])
         return call_id
 
     def _row(

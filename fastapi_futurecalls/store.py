@@ -262,21 +262,18 @@ class Store:
         if_exists: str = "add",
         conn: Executor | None = None,
         trace_context: str | None = None,
-    ) -> int:
+    ) -> tuple[int, bool]:
         """Store ``row``; with ``if_exists`` "skip" or "replace", race-free per identifier.
-        ``trace_context``: JSON of the span context it is scheduled in."""
+        ``trace_context``: JSON of the span context it is scheduled in. Returns the call's
+        id, and whether it was stored (False: "skip" kept the pending call of that id)."""
         arguments, identifier = row.arguments(), row.identifier
         with database_errors(f"scheduling {row.name!r}"):
             if if_exists == "add":
                 async with self._on(conn) as executor:
-                    return int(
-                        await executor.fetchval(
-                            self._queries["schedule"],
-                            *arguments,
-                            self._notify_within,
-                            trace_context,
-                        )
+                    stored = await executor.fetchval(
+                        self._queries["schedule"], *arguments, self._notify_within, trace_context
                     )
+                    return int(stored), True
             async with self._transaction(conn) as tx:
                 # Serialises schedule-once for this identifier until the transaction ends.
                 await tx.execute(
@@ -285,17 +282,13 @@ class Store:
                 if if_exists == "skip":
                     kept = await tx.fetchval(self._queries["pending_one_off"], identifier)
                     if kept is not None:
-                        return int(kept)
+                        return int(kept), False
                 else:
                     await tx.execute(self._queries["cancel_one_offs"], identifier)
-                return int(
-                    await tx.fetchval(
-                        self._queries["schedule"],
-                        *arguments,
-                        self._notify_within,
-                        trace_context,
-                    )
+                stored = await tx.fetchval(
+                    self._queries["schedule"], *arguments, self._notify_within, trace_context
                 )
+                return int(stored), True
 
     async def schedule_many(
         self, rows: list[CallRow], conn: Executor | None = None, trace_context: str | None = None

@@ -111,9 +111,12 @@ class Scheduling:
         propagate.inject(carrier)
         return json.dumps(carrier) if carrier else None
 
-    def stored(self, ids: list[int]) -> None:
+    def stored(self, ids: list[int], *, kept: bool = False) -> None:
+        """The ids stored; ``kept``: schedule-once kept the pending call, storing nothing."""
         if len(ids) == 1 and self._span.is_recording():
             self._span.set_attribute("messaging.message.id", str(ids[0]))
+            if kept:
+                self._span.set_attribute("futurecalls.kept_pending", True)
 
 
 class Running:

@@ -174,6 +174,32 @@ async def test_tracing_off_stores_no_context_and_makes_no_span(
     assert [span.name for span in spans()] == ["request", "inside"]  # the app's own only
 
 
+async def test_scheduled_total_counts_only_calls_stored(
+    make_futurecalls, db: asyncpg.Connection, spans
+):
+    """A schedule-once call that keeps the pending one stores nothing, so it counts
+    nothing (its span says so); one that replaces it stores a call, and counts."""
+    fc = register(make_futurecalls(execution_enabled=False, tracer_provider=PROVIDER))
+    app = FastAPI()
+    app.include_router(fc.metrics_router())
+    async with fc:
+        session = fc.session()
+        later = timedelta(days=1)
+        first = await session.future_call_with_delay("fine", Note(), later, "once")
+        kept = await session.future_call_with_delay("fine", Note(), later, "once", if_exists="skip")
+        assert kept == first
+        await session.future_call_with_delay("fine", Note(), later, "once", if_exists="replace")
+        got = await scrape(app)
+    assert await db.fetchval("SELECT count(*) FROM future_calls") == 1
+    assert got[("futurecalls_scheduled_total", (("name", "fine"),))] == 2
+    sends = named(spans(), "send fine")
+    assert [(span.attributes or {}).get("futurecalls.kept_pending") for span in sends] == [
+        None,
+        True,
+        None,
+    ]
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     found = {}
     for family in text_string_to_metric_families(text):
