@@ -17,6 +17,7 @@ from .errors import (
     DatabaseUnavailableError,
     SchemaMissingError,
 )
+from .estimates import COUNT_CAP, TableEstimates
 from .recurrence import Recurrence
 from .settings import Settings
 from .sql import QUERIES, queries_for
@@ -400,14 +401,15 @@ class Store:
             async with self._on(None) as pooled:
                 await pooled.execute(self._queries["prune_stats"], older_than)
 
-    async def gauges(self, exact_up_to: int = 10_000) -> dict[str, float | None]:
+    async def gauges(self, exact_up_to: int = COUNT_CAP) -> dict[str, float | None]:
         """The figures of the metrics gauges: calls by state (exact up to ``exact_up_to``
         each, PostgreSQL's estimate past that) and the age of the oldest due call."""
         with database_errors("reading the metrics gauges"):
             async with self._on(None) as pooled:
                 row = await pooled.fetchrow(self._queries["gauges"], exact_up_to)
-        assert row is not None
-        return gauge_values(row, exact_up_to)
+                statistics = await pooled.fetchrow(self._queries["table_estimates"])
+        assert row is not None and statistics is not None
+        return gauge_values(row, TableEstimates.from_row(statistics), exact_up_to)
 
     async def park_orphans(self, namespace: int, grace: float, limit: int) -> list[asyncpg.Record]:
         """Maintenance: park pending calls of names no live worker registers."""
@@ -449,16 +451,17 @@ class Store:
                 return await pooled.fetchval(self._queries["delete"], call_id) is not None
 
 
-def gauge_values(row: asyncpg.Record, exact_up_to: int) -> dict[str, float | None]:
-    """The gauges statement's row as figures: calls by state (an estimate from the
-    table's statistics for a state counted to the cap) and the oldest due call's age."""
-    frequencies = dict(zip(row["state_values"] or (), row["state_freqs"] or (), strict=False))
+def gauge_values(
+    row: asyncpg.Record, estimates: TableEstimates, exact_up_to: int
+) -> dict[str, float | None]:
+    """The gauges statement's row as figures: calls by state (a state counted to the cap
+    estimated from the table's statistics) and the oldest due call's age."""
     values: dict[str, float | None] = {}
     for state in ("scheduled", "running", "failed", "interrupted", "recurring"):
-        count = float(row[state])
-        if count >= exact_up_to and state in frequencies and row["rows"] > 0:
-            # The state's share of the table; for scheduled, chains count in it too.
-            count = max(count, row["rows"] * frequencies[state])
-        values[state] = count
+        count = int(row[state])
+        estimate = estimates.of_state(state) if count >= exact_up_to else None
+        if estimate is not None and state == "scheduled" and row["recurring"] < exact_up_to:
+            estimate -= row["recurring"]  # chains are 'scheduled' rows too
+        values[state] = float(max(count, estimate or 0))
     values["oldest_due_age"] = max(row["oldest_due_age"] or 0.0, 0.0)
     return values

@@ -11,12 +11,13 @@ from functools import cache
 from importlib.resources import files
 from typing import Any, Literal
 
+from .. import sql as library_sql
 from ..connections import Executor
+from ..estimates import COUNT_CAP, TableEstimates
 from ..records import CALL_STATES
 from ..sql import qualified, quote_literal
 from .figures import Count, Throughput, throughput
 
-COUNT_CAP = 10_000  # rows counted exactly per kind of row, on every refresh
 SCAN_LIMIT = 5_000  # rows one page of a listing reads at most
 PAGE_SIZE = 50
 STATS_MINUTES = 15
@@ -94,40 +95,20 @@ class _Tally:
         return self.totals.get(kind, 0) > COUNT_CAP
 
 
-@dataclass(frozen=True, slots=True)
-class _Estimates:
-    rows: float
-    states: dict[str, float]  # frequency of each common state
-    names: dict[str, float]  # frequency of each common name
-
-    def of_state(self, state: str) -> int | None:
-        if self.rows < 0 or state not in self.states:
-            return None
-        return round(self.rows * self.states[state])
-
-    def of_name(self, name: str) -> int | None:
-        if self.rows < 0 or name not in self.names:
-            return None
-        return round(self.rows * self.names[name])
-
-
 class Queries:
     """The dashboard's reads, for the tables in ``schema`` and the workers' lock
     namespace (None: the table's oid, as the dispatchers take it)."""
 
     def __init__(self, schema: str | None, lock_namespace: int | None) -> None:
         self.sql = queries_for(schema)
+        self.estimates_sql = library_sql.queries_for(schema)["table_estimates"]
         self.namespace = lock_namespace
 
     async def overview(self, conn: Executor) -> Overview:
         tally = await self._tally(conn)
-        stats = await conn.fetchrow(self.sql["estimates"])
+        stats = await conn.fetchrow(self.estimates_sql)
         assert stats is not None
-        estimates = _Estimates(
-            stats["rows"],
-            dict(zip(stats["state_values"] or [], stats["state_freqs"] or [], strict=True)),
-            dict(zip(stats["name_values"] or [], stats["name_freqs"] or [], strict=True)),
-        )
+        estimates = TableEstimates.from_row(stats)
         states = {state: _state_count(state, tally, estimates) for state in STATES}
         names = await self._names(conn, tally, estimates)
         due_next = [dict(r) for r in await conn.fetch(self.sql["due_next"], 10)]
@@ -144,7 +125,7 @@ class Queries:
             due_next=due_next,
             parked=parked,
             throughput=throughput([dict(r) for r in minutes], now, STATS_MINUTES),
-            analyzed_at=stats["analyzed_at"],
+            analyzed_at=estimates.analyzed_at,
             estimated=any(c.kind == "estimate" for c in figures),
         )
 
@@ -162,7 +143,9 @@ class Queries:
             tally.by_name[state, name] = n
         return tally
 
-    async def _names(self, conn: Executor, tally: _Tally, estimates: _Estimates) -> list[NameRow]:
+    async def _names(
+        self, conn: Executor, tally: _Tally, estimates: TableEstimates
+    ) -> list[NameRow]:
         paused: dict[str, datetime] = {}
         registered: set[str] = set()
         for row in await conn.fetch(self.sql["names"], self.namespace):
@@ -335,7 +318,7 @@ def _capped(n: int, capped: bool | None = None) -> Count:
     return Count(COUNT_CAP if capped else n, "at_least" if capped else "exact")
 
 
-def _state_count(state: str, tally: _Tally, estimates: _Estimates) -> Count:
+def _state_count(state: str, tally: _Tally, estimates: TableEstimates) -> Count:
     kind = {"failed": "parked", "interrupted": "parked"}.get(state, state)
     exact = tally.by_state.get(state, 0)
     if not tally.capped(kind):
@@ -348,7 +331,7 @@ def _state_count(state: str, tally: _Tally, estimates: _Estimates) -> Count:
     return Count(estimate, "estimate")
 
 
-def _name_count(state: str, name: str, tally: _Tally, estimates: _Estimates) -> Count:
+def _name_count(state: str, name: str, tally: _Tally, estimates: TableEstimates) -> Count:
     kind = {"failed": "parked", "interrupted": "parked"}.get(state, state)
     exact = tally.by_name.get((state, name), 0)
     if not tally.capped(kind):

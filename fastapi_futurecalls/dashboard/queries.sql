@@ -36,29 +36,6 @@ FROM (SELECT name, due_at FROM future_calls
       ORDER BY due_at, id LIMIT $1) AS s
 GROUP BY s.name;
 
--- name: estimates
--- PostgreSQL's own statistics of the table (kept by ANALYZE and autovacuum): its row
--- count, and the most common states and names with their frequencies. What the
--- dashboard shows, labelled as estimates, for kinds too large to count on every refresh.
-SELECT c.reltuples::float8 AS rows,
-       (SELECT s.most_common_vals::text::text[] FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state')
-           AS state_values,
-       (SELECT s.most_common_freqs FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state')
-           AS state_freqs,
-       (SELECT s.most_common_vals::text::text[] FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'name')
-           AS name_values,
-       (SELECT s.most_common_freqs FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'name')
-           AS name_freqs,
-       greatest(t.last_analyze, t.last_autoanalyze) AS analyzed_at
-FROM pg_class AS c
-JOIN pg_namespace AS n ON n.oid = c.relnamespace
-LEFT JOIN pg_stat_all_tables AS t ON t.relid = c.oid
-WHERE c.oid = 'future_calls'::regclass;
-
 -- name: due_next
 -- The first $1 one-off calls in due order (overdue ones first): what runs next.
 SELECT id, name, identifier, due_at, priority, attempts

@@ -19,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..errors import ConfigurationError, DatabaseError, InvalidScheduleError
+from ..estimates import COUNT_CAP
 from ..session import Session
 from . import csrf
 from .figures import Count
-from .queries import COUNT_CAP, FILTER_STATES, BadInput, Filters, Queries
+from .queries import FILTER_STATES, BadInput, Filters, Queries
 
 if TYPE_CHECKING:
     from ..futurecalls import FutureCalls

@@ -681,14 +681,36 @@ ON CONFLICT (minute, worker) DO UPDATE SET
 -- Statistics older than $1 seconds go.
 DELETE FROM future_calls_stats WHERE minute < now() - make_interval(secs => $1);
 
+-- name: table_estimates
+-- PostgreSQL's own statistics of the table (kept by ANALYZE and autovacuum): its row
+-- count, and the most common states and names with their frequencies. What the
+-- dashboard and the metrics gauges estimate kinds too large to count each time from
+-- (estimates.py).
+SELECT c.reltuples::float8 AS rows,
+       (SELECT s.most_common_vals::text::text[] FROM pg_stats AS s
+        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state')
+           AS state_values,
+       (SELECT s.most_common_freqs FROM pg_stats AS s
+        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state')
+           AS state_freqs,
+       (SELECT s.most_common_vals::text::text[] FROM pg_stats AS s
+        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'name')
+           AS name_values,
+       (SELECT s.most_common_freqs FROM pg_stats AS s
+        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'name')
+           AS name_freqs,
+       greatest(t.last_analyze, t.last_autoanalyze) AS analyzed_at
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_all_tables AS t ON t.relid = c.oid
+WHERE c.oid = 'future_calls'::regclass;
+
 -- name: gauges
 -- The fleet's figures for a metrics scrape, each read through an index (the ORDER BY
 -- keeps the planner on the state's own index: a sequential scan that stops after $1
 -- rows looks cheaper to it, and is not once the table holds dead rows). Calls by state
 -- are counted up to $1 each (an exact count of millions of rows would take a second); past
--- that the caller estimates them from the statistics returned here (the table's row
--- count and its most common states with their frequencies, kept by ANALYZE). And the
--- age in seconds of the oldest call that is due and has not started (a due slot of a
+-- that the caller estimates them from table_estimates. And the age in seconds of the oldest call that is due and has not started (a due slot of a
 -- chain included, paused names left out).
 SELECT (SELECT count(*) FROM (SELECT 1 FROM future_calls
                               WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
@@ -703,15 +725,6 @@ SELECT (SELECT count(*) FROM (SELECT 1 FROM future_calls
                               WHERE (cron IS NOT NULL OR every IS NOT NULL)
                                 AND state = 'scheduled' ORDER BY due_at LIMIT $1) AS s)
            AS recurring,
-       (SELECT reltuples::float8 FROM pg_class WHERE oid = 'future_calls'::regclass) AS rows,
-       (SELECT st.most_common_vals::text::text[] FROM pg_stats AS st
-        JOIN pg_class AS c ON c.relname = st.tablename
-        JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = st.schemaname
-        WHERE c.oid = 'future_calls'::regclass AND st.attname = 'state') AS state_values,
-       (SELECT st.most_common_freqs FROM pg_stats AS st
-        JOIN pg_class AS c ON c.relname = st.tablename
-        JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = st.schemaname
-        WHERE c.oid = 'future_calls'::regclass AND st.attname = 'state') AS state_freqs,
        extract(epoch FROM now() - least(
            (SELECT min(due_at) FROM future_calls
             WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND due_at <= now()

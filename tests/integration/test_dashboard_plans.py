@@ -213,14 +213,17 @@ async def test_every_page_is_fast_on_a_million_calls(loaded: asyncpg.Connection,
 async def test_the_metrics_gauges_are_cheap_and_close_on_a_million_calls(
     loaded: asyncpg.Connection,
 ):
+    from fastapi_futurecalls.estimates import TableEstimates
     from fastapi_futurecalls.sql import QUERIES
     from fastapi_futurecalls.store import gauge_values
 
     async def scrape(conn: Recording) -> None:
         await conn.fetchrow(QUERIES["gauges"], 10_000)
+        await conn.fetchrow(QUERIES["table_estimates"])
 
     await check_page(loaded, "metrics gauges", scrape)
-    values = gauge_values(await loaded.fetchrow(QUERIES["gauges"], 10_000), 10_000)
+    estimates = TableEstimates.from_row(await loaded.fetchrow(QUERIES["table_estimates"]))
+    values = gauge_values(await loaded.fetchrow(QUERIES["gauges"], 10_000), estimates, 10_000)
     assert values["running"] == 200 and values["recurring"] == 500  # exact, under the cap
     assert 800_000 < values["scheduled"] < 1_000_000  # 905,000 (estimates past the cap)
     assert 55_000 < values["failed"] < 70_000  # 62,867
