@@ -24,11 +24,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from bench import mvcc
+from bench import floor, mvcc
 from bench.counter import CTX, Counter
 
 SYSTEMS = ["futurecalls", "pgqueuer", "procrastinate", "rawsql"]
-PHASES = ["idle", "drain", "schedule", "lateness", "scale", "observability", "mvcc", "steady"]
+PHASES = [
+    "idle",
+    "drain",
+    "floor",
+    "schedule",
+    "lateness",
+    "scale",
+    "observability",
+    "mvcc",
+    "steady",
+]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -323,6 +333,14 @@ def report(results: dict[str, Any]) -> str:
             f"  {row['system']:22} W={row['workers']}  {_fmt(row['calls_per_s']):>9}"
             f"  duplicates {row['duplicates']}  missing {row['missing']}"
         )
+    for row in results.get("floor", []):
+        if row is results["floor"][0]:
+            lines.append("floor: the claim statement alone in a bare loop (calls/s, median)")
+        lines.append(
+            f"  {row['system']:22} W={row['workers']}  {_fmt(row['median_calls_per_s']):>9}"
+            f"  server {_fmt(row['server_us_per_call'], 1)} us/call"
+            f"  deadlocks {row['deadlocks']}"
+        )
     lines.append("schedule (calls/s)")
     for row in results.get("schedule", []):
         lines.append(f"  {row['system']:22} {row['mode']:30} {_fmt(row['calls_per_s']):>9}")
@@ -432,6 +450,8 @@ def main() -> None:
         results["idle"] = idle(systems, dsn, 10 if args.quick else 30)
     if "drain" in phases:
         results["drain"] = drain(systems, dsn, n)
+    if "floor" in phases:
+        results["floor"] = floor.floors(systems, dsn, 2 * n, 1 if args.quick else 3)
     if "schedule" in phases:
         results["schedule"] = schedule(systems, dsn, 5_000 if args.quick else 10_000)
     if "lateness" in phases:
