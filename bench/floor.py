@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -46,34 +47,22 @@ def server_cpu_seconds() -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK") if found else None
 
 
-async def _futurecalls_loop(conn: asyncpg.Connection, owner: int) -> tuple[int, int]:
-    from fastapi_futurecalls.sql import QUERIES
+Claim = Callable[[list[asyncpg.Record], tuple[Any, Any]], Awaitable[list[asyncpg.Record]]]
 
-    await conn.execute("SET plan_cache_mode = force_generic_plan")  # as the dispatcher
-    claim = await conn.prepare(QUERIES["claim"])
+
+async def _claim_until_empty(claim: Claim, frontier: tuple[Any, Any]) -> tuple[int, int]:
+    """Claim batches (handing each claim the previous batch and the frontier, the earliest
+    (due time, id) of that batch) until three claims in a row find nothing; returns the
+    calls claimed and the deadlocks met (nothing was written: the same claim again)."""
     done: list[asyncpg.Record] = []
-    frontier: tuple[Any, Any] = (None, None)
     claimed = deadlocks = empty = 0
     while empty < 3:
         try:
-            rows = await claim.fetch(
-                BATCH,
-                owner,
-                timedelta(0),
-                [row["id"] for row in done],
-                [row["attempts"] for row in done],
-                [],
-                [],
-                [],
-                [],
-                ["hit"],
-                *frontier,
-                [],
-            )
+            rows = await claim(done, frontier)
         except asyncpg.DeadlockDetectedError:
-            deadlocks += 1  # nothing was written: the same statement again
+            deadlocks += 1
             continue
-        done = [row for row in rows if row["id"] is not None]
+        done = [row for row in rows if row["id"] is not None]  # ours ends with a tail row
         claimed += len(done)
         if done:
             frontier, empty = min((row["due_at"], row["id"]) for row in done), 0
@@ -83,22 +72,32 @@ async def _futurecalls_loop(conn: asyncpg.Connection, owner: int) -> tuple[int, 
     return claimed, deadlocks
 
 
+async def _futurecalls_loop(conn: asyncpg.Connection, owner: int) -> tuple[int, int]:
+    from fastapi_futurecalls.sql import QUERIES
+
+    await conn.execute("SET plan_cache_mode = force_generic_plan")  # as the dispatcher
+    statement = await conn.prepare(QUERIES["claim"])
+
+    async def claim(done: list[asyncpg.Record], frontier: tuple[Any, Any]) -> list[Any]:
+        ids, attempts = [row["id"] for row in done], [row["attempts"] for row in done]
+        no_others: list[Any] = []  # no call ended otherwise than done
+        return await statement.fetch(
+            BATCH, owner, timedelta(0), ids, attempts, *[no_others] * 4, ["hit"], *frontier, []
+        )
+
+    return await _claim_until_empty(claim, (None, None))
+
+
 async def _rawsql_loop(conn: asyncpg.Connection, owner: int) -> tuple[int, int]:
     from bench.systems.rawsql import CLAIM, EARLIEST
 
     await conn.execute("SET plan_cache_mode = force_custom_plan")  # as its worker
-    claim = await conn.prepare(CLAIM)
-    frontier: tuple[Any, Any] = EARLIEST
-    claimed = empty = 0
-    while empty < 3:
-        rows = await claim.fetch(BATCH, *frontier)
-        claimed += len(rows)
-        if rows:
-            frontier, empty = min((row["due_at"], row["id"]) for row in rows), 0
-        else:
-            empty += 1
-            await asyncio.sleep(0.005)
-    return claimed, 0
+    statement = await conn.prepare(CLAIM)
+
+    async def claim(done: list[asyncpg.Record], frontier: tuple[Any, Any]) -> list[Any]:
+        return await statement.fetch(BATCH, *frontier)
+
+    return await _claim_until_empty(claim, EARLIEST)
 
 
 LOOPS = {"futurecalls": _futurecalls_loop, "rawsql": _rawsql_loop}
