@@ -22,7 +22,7 @@ from .errors import ConfigurationError, DatabaseError, DatabaseUnavailableError
 from .runner import ClaimedCall, Outcome, describe, run_call, unsuccessful
 from .session import Session
 from .settings import Settings
-from .store import Store
+from .store import Store, rolled_back
 from .telemetry import Telemetry
 from .worker import Sweep, WorkerConnection
 
@@ -46,6 +46,10 @@ PRUNE_BATCH = 1000
 PRUNE_BATCHES_PER_RUN = 10
 # Run statistics (the dashboard's throughput and lateness) are kept this many seconds.
 STATS_KEPT = 2 * 86400.0
+# Times in a row a claim statement the server rolled back to break a lock cycle runs again
+# at once. Two claimers can wait on each other: SKIP LOCKED does not cover following a
+# row's update chain (docs/performance.md).
+ROLLED_BACK_RETRIES = 3
 
 
 class Dispatcher:
@@ -168,7 +172,8 @@ class Dispatcher:
                 logger.warning("dispatcher lost the database (%s); retrying in %.2fs", exc, delay)
             except (DatabaseError, ConfigurationError) as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                logger.error("dispatcher statement failed (%s); retrying in %.2fs", exc, delay)
+                log = logger.warning if rolled_back(exc) else logger.error  # not ours
+                log("dispatcher statement failed (%s); retrying in %.2fs", exc, delay)
             except Exception:
                 delay = RECONNECT_DELAYS[-1]
                 logger.exception("dispatcher failed unexpectedly; retrying in %.2fs", delay)
@@ -295,7 +300,7 @@ class Dispatcher:
         for owner in {o.call.owner for o in self._outcomes} & self._worker.owners:
             await self._record(owner, 0)
 
-    async def _record(self, owner: int, free: int) -> list[Any]:
+    async def _record(self, owner: int, free: int, rolled_back_before: int = 0) -> list[Any]:
         """Record ``owner``'s finished calls and claim up to ``free`` calls for it, in one
         statement; returns the claimed rows and, last, the tail row."""
         mine = [o for o in self._outcomes if o.call.owner == owner]
@@ -314,7 +319,11 @@ class Dispatcher:
         except DatabaseUnavailableError:
             self._outcomes[:0] = mine  # recording is idempotent: retry them
             raise
-        except DatabaseError:
+        except DatabaseError as exc:
+            if rolled_back(exc) and rolled_back_before < ROLLED_BACK_RETRIES:
+                logger.warning("claim statement rolled back (%s); running it again", exc)
+                self._outcomes[:0] = mine
+                return await self._record(owner, free, rolled_back_before + 1)
             if not mine:
                 raise
             await self._record_one_by_one(owner, mine)  # one of them breaks the statement

@@ -48,6 +48,20 @@ CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.Pos
 
 # What a transaction-pooling proxy does to asyncpg's named prepared statements: they stay
 # on a server session after their client moved on, or are missing on the next one.
+# What the server rolls back to break a lock cycle, or on a serialization failure: nothing
+# of the statement was written, and running it again is safe.
+ROLLED_BACK: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
+def rolled_back(exc: BaseException) -> bool:
+    """Whether ``exc``, a library error, is a statement the server rolled back to break a
+    lock cycle (or a serialization failure): it wrote nothing, and may run again."""
+    return isinstance(exc.__cause__, ROLLED_BACK)
+
+
 POOLER_SYMPTOMS: tuple[type[BaseException], ...] = (
     asyncpg.DuplicatePreparedStatementError,
     asyncpg.InvalidSQLStatementNameError,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 
@@ -349,3 +350,71 @@ async def test_only_calls_due_soon_send_a_notification(make_futurecalls, db):
             ]
         )
         await wait_for(lambda: len(heard) == 2, within=5)
+
+
+class Gated(FutureCall[Item]):
+    """Call 1 runs until its gate opens; the others end at once."""
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+        self.gate = asyncio.Event()
+
+    async def invoke(self, session: Session, object: Item | None) -> None:
+        assert object is not None
+        self.runs.append(object.n)
+        if object.n == 1:
+            await self.gate.wait()
+
+
+async def test_a_claim_rolled_back_by_a_deadlock_runs_again_at_once(
+    make_futurecalls, db, dsn, monkeypatch
+):
+    """PostgreSQL breaks a lock cycle by rolling back one of its statements: here the
+    dispatcher's claim, which had claimed call 2 and was recording call 1 as done, a row
+    another session held. Nothing of it was written, so the dispatcher runs the same
+    statement again, not the slow path that records outcomes one at a time for a row
+    that breaks the statement; every call runs once."""
+    one_by_one: list[object] = []
+    original = Dispatcher._record_one_by_one
+
+    async def spy(self: Dispatcher, owner: int, outcomes: list[Any]) -> None:
+        one_by_one.append(outcomes)
+        await original(self, owner, outcomes)
+
+    monkeypatch.setattr(Dispatcher, "_record_one_by_one", spy)
+    gated = Gated()
+    # The claim run again may find call 2 still locked by the other session (until its
+    # rollback) and skip it; the next tick, half a second on, takes it then.
+    fc = make_futurecalls(poll_interval=0.5, concurrency_limit=1)
+    fc.register_future_call(gated, "gated")
+    other = await asyncpg.connect(dsn)
+    try:
+        async with fc:
+            session = fc.session()
+            first = await session.future_call_with_delay("gated", Item(n=1), timedelta(0))
+            await wait_for(lambda: gated.runs == [1])
+            second = await session.future_call_with_delay("gated", Item(n=2), timedelta(0))
+            await other.execute("SET deadlock_timeout = '30s'")  # the dispatcher detects it
+            transaction = other.transaction()
+            await transaction.start()
+            await other.execute("SELECT 1 FROM future_calls WHERE id = $1 FOR UPDATE", first)
+            gated.gate.set()  # call 1 ends: one statement records it and claims call 2
+
+            async def recording_waits() -> bool:
+                return bool(
+                    await db.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE 'WITH done AS%'"
+                    )
+                )
+
+            await wait_for(recording_waits, what="the dispatcher waiting on the locked row")
+            # Waits on the dispatcher's claim of call 2: a cycle, the dispatcher's to break.
+            await other.execute("SELECT 1 FROM future_calls WHERE id = $1 FOR UPDATE", second)
+            await transaction.rollback()
+            await wait_for(lambda: gated.runs == [1, 2], within=15)
+            await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM future_calls"), within=15)
+    finally:
+        await other.close()
+    assert gated.runs == [1, 2]
+    assert one_by_one == []
