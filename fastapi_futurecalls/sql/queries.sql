@@ -687,21 +687,19 @@ DELETE FROM future_calls_stats WHERE minute < now() - make_interval(secs => $1);
 -- dashboard and the metrics gauges estimate kinds too large to count each time from
 -- (estimates.py).
 SELECT c.reltuples::float8 AS rows,
-       (SELECT s.most_common_vals::text::text[] FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state')
-           AS state_values,
-       (SELECT s.most_common_freqs FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'state')
-           AS state_freqs,
-       (SELECT s.most_common_vals::text::text[] FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'name')
-           AS name_values,
-       (SELECT s.most_common_freqs FROM pg_stats AS s
-        WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = 'name')
-           AS name_freqs,
+       states.most_common_vals::text::text[] AS state_values,
+       states.most_common_freqs AS state_freqs,
+       names.most_common_vals::text::text[] AS name_values,
+       names.most_common_freqs AS name_freqs,
        greatest(t.last_analyze, t.last_autoanalyze) AS analyzed_at
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_stats AS states
+       ON states.schemaname = n.nspname AND states.tablename = c.relname
+      AND states.attname = 'state'
+LEFT JOIN pg_stats AS names
+       ON names.schemaname = n.nspname AND names.tablename = c.relname
+      AND names.attname = 'name'
 LEFT JOIN pg_stat_all_tables AS t ON t.relid = c.oid
 WHERE c.oid = 'future_calls'::regclass;
 
