@@ -30,6 +30,10 @@ logger = logging.getLogger("fastapi_futurecalls")
 
 RECONNECT_DELAYS = (0.25, 0.5, 1.0, 2.0, 5.0)
 CHAIN_RETRY = 0.05  # seconds before looking again at a due chain another worker holds
+# Seconds before looking again at a due call a claim skipped because another transaction
+# held its row: usually a claim of another worker, committed by then; else a caller's
+# cancel or replace, which may roll back and leave the call due with nothing to announce it.
+SKIPPED_RETRY = 1.0
 # Of the shutdown grace, the end kept for cancelling the calls still running and writing
 # the last outcomes: at most this many seconds, at most a quarter of the grace.
 STOP_RESERVE = 3.0
@@ -292,7 +296,10 @@ class Dispatcher:
             self._due_at = self._loop.time() + (CHAIN_RETRY if tried and not moved else 0.0)
         elif len(rows) < free:
             # All that is due and free is ours now; sleep until the next one is due.
-            self._set_due(tail["next_due_in"])
+            seconds = tail["next_due_in"]
+            if tail["skipped_due"] and (seconds is None or seconds > SKIPPED_RETRY):
+                seconds = SKIPPED_RETRY
+            self._set_due(seconds)
         return len(rows)
 
     async def _flush(self) -> None:

@@ -187,8 +187,10 @@ SELECT pg_backend_pid() AS pid, EXISTS (
 -- seconds until the next call due after that (a retry scheduled by this very statement
 -- included: the look-ahead's snapshot cannot see it), computed with the same now() so
 -- that no call falls between "due now" and "due later", whether a recurring chain is
--- due, and the earliest due time of the frontier scan's batch: the next frontier. A retry,
--- a snoozed run or a freed slot of a limited name wakes the other dispatchers.
+-- due, whether a due call of the names this worker claims without a slot was skipped
+-- (another transaction held its row: no notification will announce it once that ends),
+-- and the earliest due time of the frontier scan's batch: the next frontier. A retry, a
+-- snoozed run or a freed slot of a limited name wakes the other dispatchers.
 -- Every value returned decodes whatever a row holds (an infinite due time included).
 WITH done AS (
     -- Rows are found by primary key (id = ANY), never through the index of running rows:
@@ -321,11 +323,11 @@ WITH done AS (
 )
 SELECT id, name, payload, identifier, due_at, attempts, max_attempts, snoozes, priority,
        started_at, trace_context, NULL::float8 AS next_due_in, NULL::boolean AS chain_due,
-       NULL::timestamptz AS frontier, NULL::bigint AS frontier_id
+       NULL::boolean AS skipped_due, NULL::timestamptz AS frontier, NULL::bigint AS frontier_id
 FROM claimed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, next_due_in,
-       chain_due, first.due_at, first.id
+       chain_due, skipped_due, first.due_at, first.id
 FROM (SELECT count(*) < $1 AS drained,
              (SELECT min(due_at) FROM retried) AS retry_at
       FROM claimed) AS turn
@@ -354,7 +356,22 @@ LEFT JOIN LATERAL (
            AS next_due_in,
            EXISTS (SELECT 1 FROM future_calls
                    WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
-                     AND due_at <= now() + $3::interval) AS chain_due
+                     AND due_at <= now() + $3::interval) AS chain_due,
+           -- What the urgent and frontier scans could have taken but skipped. This
+           -- statement's snapshot still shows the calls it claimed as pending: not those.
+           EXISTS (SELECT 1 FROM future_calls
+                   WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+                     AND priority > 0 AND due_at <= now() + $3::interval
+                     AND name = ANY ($10::text[])
+                     AND id <> ALL (ARRAY(SELECT id FROM claimed)))
+           OR EXISTS (SELECT 1 FROM future_calls
+                      WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
+                        AND priority = 0 AND due_at <= now() + $3::interval
+                        AND name = ANY ($10::text[])
+                        AND (due_at, id) >= (coalesce($11::timestamptz,
+                                                      '-infinity'::timestamptz),
+                                             coalesce($12::bigint, 0))
+                        AND id <> ALL (ARRAY(SELECT id FROM claimed))) AS skipped_due
     WHERE turn.drained
 ) AS next ON true;
 

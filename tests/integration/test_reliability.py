@@ -418,3 +418,32 @@ async def test_a_claim_rolled_back_by_a_deadlock_runs_again_at_once(
         await other.close()
     assert gated.runs == [1, 2]
     assert one_by_one == []
+
+
+async def test_a_due_call_skipped_while_another_transaction_locked_it_runs_soon_after(
+    make_futurecalls, dsn
+):
+    """A claim skips a due row that another transaction holds locked (SKIP LOCKED): a
+    cancel or replace in a caller's transaction that then rolls back, or a claim whose
+    worker died before it committed. The row stays due, and no NOTIFY will come for it:
+    the dispatcher must come back for it soon, not at its next poll a minute later."""
+    recorder = Recorder()
+    fc = make_futurecalls(poll_interval=60)
+    fc.register_future_call(recorder, "record")
+    other = await asyncpg.connect(dsn)
+    try:
+        async with fc:
+            call = await fc.session().future_call_with_delay(
+                "record", Item(n=1), timedelta(seconds=1)
+            )
+            transaction = other.transaction()
+            await transaction.start()
+            await other.execute("SELECT 1 FROM future_calls WHERE id = $1 FOR UPDATE", call)
+            await asyncio.sleep(2.5)  # due, and skipped by the claim its due time woke
+            assert recorder.calls == []
+            await transaction.rollback()
+            rolled_back = time.monotonic()
+            await wait_for(lambda: recorder.calls == [Item(n=1)], within=20)
+            assert time.monotonic() - rolled_back < 15  # a poll would take 60 s
+    finally:
+        await other.close()
