@@ -359,19 +359,23 @@ LEFT JOIN LATERAL (
                      AND due_at <= now() + $3::interval) AS chain_due,
            -- What the urgent and frontier scans could have taken but skipped. This
            -- statement's snapshot still shows the calls it claimed as pending: not those.
-           EXISTS (SELECT 1 FROM future_calls
-                   WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
-                     AND priority > 0 AND due_at <= now() + $3::interval
-                     AND name = ANY ($10::text[])
-                     AND id <> ALL (ARRAY(SELECT id FROM claimed)))
-           OR EXISTS (SELECT 1 FROM future_calls
-                      WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
-                        AND priority = 0 AND due_at <= now() + $3::interval
-                        AND name = ANY ($10::text[])
-                        AND (due_at, id) >= (coalesce($11::timestamptz,
-                                                      '-infinity'::timestamptz),
-                                             coalesce($12::bigint, 0))
-                        AND id <> ALL (ARRAY(SELECT id FROM claimed))) AS skipped_due
+           -- Each is the first such row in its scan's own index order: a plan free to
+           -- read the table in any order (as EXISTS is) may, on statistics that say
+           -- most rows are due, read every dead row a long transaction keeps.
+           (SELECT id FROM future_calls
+            WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND priority > 0
+              AND due_at <= now() + $3::interval AND name = ANY ($10::text[])
+              AND id <> ALL (ARRAY(SELECT id FROM claimed))
+            ORDER BY priority DESC, due_at, id
+            LIMIT 1) IS NOT NULL
+           OR (SELECT id FROM future_calls
+               WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND priority = 0
+                 AND due_at <= now() + $3::interval AND name = ANY ($10::text[])
+                 AND (due_at, id) >= (coalesce($11::timestamptz, '-infinity'::timestamptz),
+                                      coalesce($12::bigint, 0))
+                 AND id <> ALL (ARRAY(SELECT id FROM claimed))
+               ORDER BY due_at, id
+               LIMIT 1) IS NOT NULL AS skipped_due
     WHERE turn.drained
 ) AS next ON true;
 

@@ -107,6 +107,51 @@ async def test_the_claim_and_its_look_ahead_use_the_indexes(
         assert {"future_calls_limited_due_idx", "future_calls_fleet_slot_key"} <= indexes
 
 
+async def test_the_claim_uses_the_indexes_on_statistics_taken_mid_drain(db: asyncpg.Connection):
+    """Statistics taken while a drain is under way (as autovacuum's analyse does) once led
+    the check for due calls a claim skipped to read the whole table: a plan free to read
+    it in any order guessed it would find one at once. Under a held transaction that
+    read every dead row of every call run since it began, on every idle claim."""
+    calls, analysed_at = 20_000, 4_000
+    await db.execute("ALTER TABLE future_calls SET (autovacuum_enabled = false)")
+    try:
+        await db.execute(
+            "INSERT INTO future_calls (name, payload, due_at)"
+            " SELECT 'record', '{\"n\": 1}', now() FROM generate_series(1, $1)",
+            calls,
+        )
+        await db.execute("SET plan_cache_mode = force_generic_plan")
+        statement = await db.prepare(QUERIES["claim"])
+        done: list[asyncpg.Record] = []
+        frontier: tuple[Any, Any] = (None, None)
+        claimed = 0
+        while True:  # claim every call, recording the previous batch as done
+            _, arguments = claim(frontier)
+            ids, attempts = [r["id"] for r in done], [r["attempts"] for r in done]
+            rows = await statement.fetch(*arguments[:3], ids, attempts, *arguments[5:])
+            done = [row for row in rows if row["id"] is not None]
+            if not done:
+                break
+            claimed += len(done)
+            frontier = min((row["due_at"], row["id"]) for row in done)
+            if claimed == analysed_at:
+                await db.execute("ANALYZE future_calls")
+        assert claimed == calls
+        name, arguments = claim(frontier)
+        plan = await plan_of(db, name, *arguments)
+    finally:
+        await db.execute("ALTER TABLE future_calls RESET (autovacuum_enabled)")
+    scans = scans_of_the_table(plan)
+    assert scans and all(kind != "Seq Scan" for kind, _ in scans), scans
+    from_the_frontier = [
+        node
+        for node in plan
+        if node.get("Index Name") == "future_calls_due_idx"
+        and "ROW(due_at, id)" in node.get("Index Cond", "")
+    ]
+    assert len(from_the_frontier) == 2, scans  # the claim, and its check for skipped calls
+
+
 async def test_the_chain_lock_and_the_sweep_use_the_indexes(loaded: asyncpg.Connection):
     chains = scans_of_the_table(await plan_of(loaded, "lock_due_chains", 10, timedelta(0)))
     assert chains and all(kind != "Seq Scan" for kind, _ in chains), chains
