@@ -46,8 +46,6 @@ CLIENT_ERRORS: tuple[type[BaseException], ...] = (
 # What closing a connection may meet: a silent peer, a dead one, a refusal.
 CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
 
-# What a transaction-pooling proxy does to asyncpg's named prepared statements: they stay
-# on a server session after their client moved on, or are missing on the next one.
 # What the server rolls back to break a lock cycle, or on a serialization failure: nothing
 # of the statement was written, and running it again is safe.
 ROLLED_BACK: tuple[type[BaseException], ...] = (
@@ -62,6 +60,8 @@ def rolled_back(exc: BaseException) -> bool:
     return isinstance(exc.__cause__, ROLLED_BACK)
 
 
+# What a transaction-pooling proxy does to asyncpg's named prepared statements: they stay
+# on a server session after their client moved on, or are missing on the next one.
 POOLER_SYMPTOMS: tuple[type[BaseException], ...] = (
     asyncpg.DuplicatePreparedStatementError,
     asyncpg.InvalidSQLStatementNameError,
