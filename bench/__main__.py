@@ -376,7 +376,8 @@ def report(results: dict[str, Any]) -> str:
         lines.append(
             f"  {row['system']:22} W={row['workers']} {held}: "
             + " ".join(_fmt(rate) for rate in row["rates"])
-            + f"  last/first {_fmt(row['last_over_first'], 2)}  duplicates {row['duplicates']}"
+            + f"  last/first {_fmt(row['last_over_first'], 2)}"
+            f"  trend {mvcc.pct(row.get('trend_per_round'))}/round  duplicates {row['duplicates']}"
             f"  missing {row['missing']}"
         )
     for row in results.get("steady", []):
