@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from importlib.resources import files
 from typing import Any, Literal
 
 from .. import sql as library_sql
 from ..connections import Executor
 from ..estimates import COUNT_CAP, TableEstimates
 from ..records import CALL_STATES
-from ..sql import qualified, quote_literal
+from ..sql import in_schema, load
 from .figures import Count, Throughput, throughput
 
 SCAN_LIMIT = 5_000  # rows one page of a listing reads at most
@@ -23,34 +21,13 @@ PAGE_SIZE = 50
 STATS_MINUTES = 15
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_BLOCK = re.compile(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", re.MULTILINE | re.DOTALL)
-_NAMES = re.compile(
-    r"'(?P<literal>future_calls\w*)'|\bfuture_calls(?:_workers|_paused|_stats)?\b(?!\w)"
-)
-
-
-def _load() -> dict[str, str]:
-    text = files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
-    queries = {}
-    for name, body in _BLOCK.findall(text):
-        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]
-        queries[name] = "\n".join(lines).strip()
-    return queries
-
-
-QUERIES = _load()
+QUERIES = load(__package__)
 
 
 @cache
 def queries_for(schema: str | None) -> dict[str, str]:
     """The statements, naming the library's tables in ``schema`` (None: search_path)."""
-
-    def render(match: re.Match[str]) -> str:
-        if match["literal"]:
-            return quote_literal(qualified(match["literal"], schema))
-        return qualified(match[0], schema)
-
-    return {name: _NAMES.sub(render, sql) for name, sql in QUERIES.items()}
+    return in_schema(QUERIES, schema)
 
 
 # -- the overview ------------------------------------------------------------------------

@@ -7,14 +7,20 @@ from functools import cache
 from importlib.resources import files
 
 _BLOCK = re.compile(r"^-- name: (\w+)\n(.*?)(?=^-- name: |\Z)", re.MULTILINE | re.DOTALL)
-# How queries.sql names the library's objects: the tables and the worker sequence, bare
-# or in a string literal, and the NOTIFY channel.
-_NAMES = re.compile(
-    r"(?P<channel>pg_notify\('future_calls')"
-    r"|'(?P<literal>future_calls(?:_worker_seq)?)'"
-    r"|\bfuture_calls(?:_worker_seq|_workers|_paused)?\b"
-)
 TABLE = "future_calls"
+# Every object the migrations create in the library's schema: its tables and sequence.
+OBJECTS = (
+    TABLE,
+    "future_calls_worker_seq",
+    "future_calls_workers",
+    "future_calls_paused",
+    "future_calls_stats",
+)
+# How the statements name them, bare or in a string literal, and the NOTIFY channel.
+_OBJECT = "|".join(sorted(OBJECTS, key=len, reverse=True))
+_NAMES = re.compile(
+    rf"(?P<channel>pg_notify\('{TABLE}')|'(?P<literal>{_OBJECT})'|\b(?:{_OBJECT})\b"
+)
 
 
 # A block may hold two statements: the lines between "-- [variant" and "-- variant]"
@@ -36,8 +42,9 @@ def _keep(variant: str, body: str) -> str:
     return _VARIANT.sub(choose, body)
 
 
-def _load() -> dict[str, str]:
-    text = files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
+def load(package: str) -> dict[str, str]:
+    """The named statements of ``package``'s queries.sql."""
+    text = files(package).joinpath("queries.sql").read_text(encoding="utf-8")
     queries = {}
     for name, body in _BLOCK.findall(text):
         queries[name] = _statement(_VARIANT.sub("", body))
@@ -65,10 +72,9 @@ def qualified(name: str, schema: str | None) -> str:
     return name if schema is None else f"{quote_ident(schema)}.{name}"
 
 
-@cache
-def queries_for(schema: str | None) -> dict[str, str]:
-    """Every statement, naming the table and sequence in ``schema`` (quoted; None: found
-    through the connection's search_path, unqualified) and notifying its channel."""
+def in_schema(queries: dict[str, str], schema: str | None) -> dict[str, str]:
+    """``queries`` naming the library's objects in ``schema`` (quoted; None: found through
+    the connection's search_path, unqualified) and notifying its channel."""
 
     def render(match: re.Match[str]) -> str:
         if match["channel"]:
@@ -77,7 +83,13 @@ def queries_for(schema: str | None) -> dict[str, str]:
             return quote_literal(qualified(match["literal"], schema))
         return qualified(match[0], schema)
 
-    return {name: _NAMES.sub(render, sql) for name, sql in QUERIES.items()}
+    return {name: _NAMES.sub(render, sql) for name, sql in queries.items()}
 
 
-QUERIES: dict[str, str] = _load()
+@cache
+def queries_for(schema: str | None) -> dict[str, str]:
+    """Every statement of queries.sql, in ``schema`` (see ``in_schema``)."""
+    return in_schema(QUERIES, schema)
+
+
+QUERIES: dict[str, str] = load(__package__)

@@ -54,6 +54,10 @@ async def test_two_schemas_in_one_database_keep_their_calls_apart(dsn: str, db):
     quoted = '"' + SCHEMA.replace('"', '""') + '"'
     assert await db.fetchval(f"SELECT count(*) FROM {quoted}.future_calls") == 1  # the chain
     assert await db.fetchval("SELECT count(*) FROM public.future_calls") == 0
+    # Each process's run statistics (written as its dispatcher stops) go to its own schema.
+    started = "SELECT coalesce(sum(started), 0) FROM {}.future_calls_stats"
+    assert await db.fetchval(started.format(quoted)) == 20
+    assert await db.fetchval(started.format("public")) == 1
 
     alembic(ROOT, dsn, "downgrade", "base", FUTURECALLS_SCHEMA=SCHEMA)
     assert "future_calls" not in await tables_in(db, SCHEMA)

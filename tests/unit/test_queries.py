@@ -4,7 +4,11 @@ qualified with the quoted schema name, and notifications go to the schema's chan
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
+import pytest
+
+from fastapi_futurecalls.dashboard import queries as dashboard
 from fastapi_futurecalls.sql import QUERIES, channel, queries_for
 
 
@@ -13,15 +17,24 @@ def test_without_a_schema_the_statements_are_as_written() -> None:
     assert channel(None) == "future_calls"
 
 
-def test_every_statement_names_the_schema_s_objects() -> None:
+@pytest.mark.parametrize(
+    ("statements", "render"),
+    [(QUERIES, queries_for), (dashboard.QUERIES, dashboard.queries_for)],
+    ids=["library", "dashboard"],
+)
+def test_every_statement_names_the_schema_s_objects(
+    statements: dict[str, str], render: Callable[[str | None], dict[str, str]]
+) -> None:
     schema = 'a "b"; c'
     prefix = '"a ""b""; c".'
-    rendered = queries_for(schema)
-    assert rendered.keys() == QUERIES.keys()
+    rendered = render(schema)
+    assert rendered.keys() == statements.keys()
     for name, sql in rendered.items():
-        for match in re.finditer(r"future_calls(?:_worker_seq)?\b", sql):
+        # Any of the library's tables and sequences (future_calls_stats too), bare or
+        # in a literal, and nothing else that starts so (an index name, say) is there.
+        for match in re.finditer(r"\bfuture_calls\w*", sql):
             before = sql[: match.start()]
-            assert before.endswith((prefix, "pg_notify('")), (name, sql)
+            assert before.endswith((prefix, "pg_notify('")), (name, match[0])
         if "pg_notify(" in sql:
             assert "pg_notify('future_calls.a \"b\"; c'" in sql, name
 
