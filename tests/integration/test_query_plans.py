@@ -152,6 +152,48 @@ async def test_the_claim_uses_the_indexes_on_statistics_taken_mid_drain(db: asyn
     assert len(from_the_frontier) == 2, scans  # the claim, and its check for skipped calls
 
 
+async def test_the_claim_reads_in_due_order_on_statistics_taken_when_no_call_was_pending(
+    db: asyncpg.Connection,
+):
+    """Autovacuum's analyse often runs while the queue is empty: it then records no live
+    rows, though the table still holds pages. Planned on that, the claim once read every
+    pending call of the next burst through a bitmap and sorted them to take ten (a burst
+    of 20,000 drained at a fifth of its rate); it must walk the due index in order."""
+    burst = 3_000
+    insert = (
+        "INSERT INTO future_calls (name, payload, due_at)"
+        " SELECT 'record', '{\"n\": 1}', now() FROM generate_series(1, $1)"
+    )
+    await db.execute("ALTER TABLE future_calls SET (autovacuum_enabled = false)")
+    try:
+        await db.execute(QUERIES["tune_dispatcher_session"])
+        await db.execute(insert, burst)
+        await db.execute("ANALYZE future_calls")  # while calls were pending
+        await db.execute("UPDATE future_calls SET state = 'running', owner = 1")
+        await db.execute("DELETE FROM future_calls")  # run and done: the pages stay
+        await db.execute("ANALYZE future_calls")
+        assert await db.fetchval(
+            "SELECT reltuples = 0 AND relpages > 0 FROM pg_class WHERE relname = 'future_calls'"
+        )
+        await db.execute(insert, burst)
+        # Planned as the dispatcher's prepared statement is: generically (EXPLAIN with
+        # parameters would plan for their values). EXECUTE takes literals only.
+        await db.execute("PREPARE claim_once AS " + QUERIES["claim"])
+        no_others = ", ".join(["'{}'"] * 6)
+        raw = await db.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_once"
+            f"(10, 1, '0 s', {no_others}, '{{record}}', NULL, NULL, '{{}}')"
+        )
+    finally:
+        await db.execute("ALTER TABLE future_calls RESET (autovacuum_enabled)")
+    plan = list(nodes(json.loads(raw)[0]["Plan"]))
+    read = max(
+        node["Actual Rows"] for node in plan if node.get("Index Name") == "future_calls_due_idx"
+    )
+    assert read <= 50, f"the claim read {read} due calls to take 10: {scans_of_the_table(plan)}"
+    assert await db.fetchval("SELECT count(*) FROM future_calls WHERE state = 'running'") == 10
+
+
 async def test_the_chain_lock_and_the_sweep_use_the_indexes(loaded: asyncpg.Connection):
     chains = scans_of_the_table(await plan_of(loaded, "lock_due_chains", 10, timedelta(0)))
     assert chains and all(kind != "Seq Scan" for kind, _ in chains), chains
