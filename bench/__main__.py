@@ -2,7 +2,8 @@
 
 Prints a table, writes bench/results/latest.json. Options: --quick (smaller N),
 --systems a,b (default: all installed), --phases a,b (default: all), --out PATH;
-the mvcc phase's steady state: --steady-systems, --steady-minutes, --steady-rate.
+the steady phase (the mvcc phase's steady state): --steady-systems, --steady-minutes,
+--steady-rate.
 """
 
 from __future__ import annotations

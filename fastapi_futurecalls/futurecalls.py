@@ -104,7 +104,8 @@ class FutureCalls:
 
     def configure(self, **overrides: Any) -> None:
         """Change settings before start, e.g. ``configure(dsn=test_dsn)`` in a test suite
-        that imports the app's FutureCalls. Takes the keyword arguments of the constructor."""
+        that imports the app's FutureCalls. Takes the settings (the constructor's keyword
+        arguments but ``tracer_provider``)."""
         if self._store is not None:
             raise ConfigurationError("configure() must be called before FutureCalls starts")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(Settings)}
