@@ -206,10 +206,20 @@ class Store:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Executor]:
         """A pool connection for the read-only statements of the library's own tools
-        (the dashboard), bounded like every pooled statement."""
+        (the dashboard), bounded like every pooled statement, planned as the dispatcher's
+        are (see ``_reading``)."""
         with database_errors("reading future calls"):
-            async with self._on(None) as pooled:
+            async with self._reading() as pooled:
                 yield pooled
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[Executor]:
+        """A pool connection in a transaction whose statements walk the table's indexes in
+        order whatever the statistics say (``tune_pool_reads``): on statistics of an empty
+        queue, reads that stop after a few rows would otherwise read and sort them all."""
+        async with self._on(None) as pooled, pooled.transaction():
+            await pooled.execute(self._queries["tune_pool_reads"])
+            yield pooled
 
     async def backend_pid(self) -> int:
         """The server process that serves one of the pool's connections right now."""
@@ -380,14 +390,14 @@ class Store:
         """Maintenance: bring calls of ``names`` scheduled without their fleet_limit
         under it; how many."""
         with database_errors("marking calls of limited names"):
-            async with self._on(None) as pooled:
+            async with self._reading() as pooled:
                 status = await pooled.execute(self._queries["mark_limited"], names, batch)
         return int(status.rsplit(" ", 1)[-1])
 
     async def prune(self, older_than: float, batch: int) -> int:
         """Delete up to ``batch`` parked calls that ended over ``older_than`` seconds ago."""
         with database_errors("pruning parked future calls"):
-            async with self._on(None) as pooled:
+            async with self._reading() as pooled:
                 return int(await pooled.fetchval(self._queries["prune"], older_than, batch))
 
     async def record_stats(self, worker: int, minutes: dict[int, MinuteStats]) -> None:
@@ -419,7 +429,7 @@ class Store:
         """The figures of the metrics gauges: calls by state (exact up to ``exact_up_to``
         each, PostgreSQL's estimate past that) and the age of the oldest due call."""
         with database_errors("reading the metrics gauges"):
-            async with self._on(None) as pooled:
+            async with self._reading() as pooled:
                 row = await pooled.fetchrow(self._queries["gauges"], exact_up_to)
                 statistics = await pooled.fetchrow(self._queries["table_estimates"])
         assert row is not None and statistics is not None
@@ -428,7 +438,7 @@ class Store:
     async def park_orphans(self, namespace: int, grace: float, limit: int) -> list[asyncpg.Record]:
         """Maintenance: park pending calls of names no live worker registers."""
         with database_errors("parking calls of unknown names"):
-            async with self._on(None) as pooled:
+            async with self._reading() as pooled:
                 return await pooled.fetch(self._queries["park_orphans"], namespace, grace, limit)
 
     async def behind_frontier(
@@ -436,7 +446,7 @@ class Store:
     ) -> asyncpg.Record | None:
         """Maintenance: the earliest due call of ``names`` before ``frontier``, if any."""
         with database_errors("looking behind the frontier"):
-            async with self._on(None) as pooled:
+            async with self._reading() as pooled:
                 return await pooled.fetchrow(self._queries["behind_frontier"], names, *frontier)
 
     async def list(

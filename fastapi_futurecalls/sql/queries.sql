@@ -161,6 +161,14 @@ SET tcp_keepalives_idle = 15;
 SET tcp_keepalives_interval = 5;
 SET tcp_keepalives_count = 3;
 
+-- name: tune_pool_reads
+-- For the rest of one transaction of the scheduling pool (SET LOCAL: a transaction
+-- pooler's next client never sees it), plan as the dispatcher's session does: the
+-- gauges, the dashboard's reads and maintenance stop after a few rows of an index walked
+-- in order, and must not read and sort every matching row on statistics of an empty queue.
+SET LOCAL enable_sort = off;
+SET LOCAL jit = off;
+
 -- name: backend_pid
 -- The server process this connection's statements run in.
 SELECT pg_backend_pid();
@@ -738,8 +746,10 @@ WHERE c.oid = 'future_calls'::regclass;
 -- keeps the planner on the state's own index: a sequential scan that stops after $1
 -- rows looks cheaper to it, and is not once the table holds dead rows). Calls by state
 -- are counted up to $1 each (an exact count of millions of rows would take a second); past
--- that the caller estimates them from table_estimates. And the age in seconds of the oldest call that is due and has not started (a due slot of a
--- chain included, paused names left out).
+-- that the caller estimates them from table_estimates. And the age in seconds of the
+-- oldest call that is due and has not started (a due slot of a chain included, paused
+-- names left out): the first in index order, not min(), which an aggregate over a bitmap
+-- of every due call can compute too.
 SELECT (SELECT count(*) FROM (SELECT 1 FROM future_calls
                               WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
                               ORDER BY due_at, id LIMIT $1) AS s) AS scheduled,
@@ -754,10 +764,12 @@ SELECT (SELECT count(*) FROM (SELECT 1 FROM future_calls
                                 AND state = 'scheduled' ORDER BY due_at LIMIT $1) AS s)
            AS recurring,
        extract(epoch FROM now() - least(
-           (SELECT min(due_at) FROM future_calls
+           (SELECT due_at FROM future_calls
             WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND due_at <= now()
-              AND name NOT IN (SELECT name FROM future_calls_paused)),
-           (SELECT min(due_at) FROM future_calls
+              AND name NOT IN (SELECT name FROM future_calls_paused)
+            ORDER BY due_at, id LIMIT 1),
+           (SELECT due_at FROM future_calls
             WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
-              AND due_at <= now() AND name NOT IN (SELECT name FROM future_calls_paused))
+              AND due_at <= now() AND name NOT IN (SELECT name FROM future_calls_paused)
+            ORDER BY due_at LIMIT 1)
        ))::float8 AS oldest_due_age;

@@ -5,14 +5,16 @@ reach the table through its indexes only, never by a sequential scan."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
+from fastapi_futurecalls.settings import Settings
 from fastapi_futurecalls.sql import QUERIES
+from fastapi_futurecalls.store import Store
 
 ROWS = 50_000
 
@@ -152,22 +154,20 @@ async def test_the_claim_uses_the_indexes_on_statistics_taken_mid_drain(db: asyn
     assert len(from_the_frontier) == 2, scans  # the claim, and its check for skipped calls
 
 
-async def test_the_claim_reads_in_due_order_on_statistics_taken_when_no_call_was_pending(
-    db: asyncpg.Connection,
-):
+BURST = 3_000
+
+
+@pytest.fixture
+async def analysed_while_empty(db: asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
     """Autovacuum's analyse often runs while the queue is empty: it then records no live
-    rows, though the table still holds pages. Planned on that, the claim once read every
-    pending call of the next burst through a bitmap and sorted them to take ten (a burst
-    of 20,000 drained at a fifth of its rate); it must walk the due index in order."""
-    burst = 3_000
+    rows, though the table still holds pages. Then a burst of BURST due calls."""
     insert = (
         "INSERT INTO future_calls (name, payload, due_at)"
         " SELECT 'record', '{\"n\": 1}', now() FROM generate_series(1, $1)"
     )
     await db.execute("ALTER TABLE future_calls SET (autovacuum_enabled = false)")
     try:
-        await db.execute(QUERIES["tune_dispatcher_session"])
-        await db.execute(insert, burst)
+        await db.execute(insert, BURST)
         await db.execute("ANALYZE future_calls")  # while calls were pending
         await db.execute("UPDATE future_calls SET state = 'running', owner = 1")
         await db.execute("DELETE FROM future_calls")  # run and done: the pages stay
@@ -175,23 +175,69 @@ async def test_the_claim_reads_in_due_order_on_statistics_taken_when_no_call_was
         assert await db.fetchval(
             "SELECT reltuples = 0 AND relpages > 0 FROM pg_class WHERE relname = 'future_calls'"
         )
-        await db.execute(insert, burst)
-        # Planned as the dispatcher's prepared statement is: generically (EXPLAIN with
-        # parameters would plan for their values). EXECUTE takes literals only.
-        await db.execute("PREPARE claim_once AS " + QUERIES["claim"])
-        no_others = ", ".join(["'{}'"] * 6)
-        raw = await db.fetchval(
-            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_once"
-            f"(10, 1, '0 s', {no_others}, '{{record}}', NULL, NULL, '{{}}')"
-        )
+        await db.execute(insert, BURST)
+        yield db
     finally:
         await db.execute("ALTER TABLE future_calls RESET (autovacuum_enabled)")
+
+
+def rows_read(plan: list[dict[str, Any]]) -> int:
+    """Rows (index entries included) that the plan's scans of the table returned."""
+    return sum(
+        node["Actual Rows"] * node["Actual Loops"]
+        for node in plan
+        if node.get("Relation Name") == "future_calls"
+        or str(node.get("Index Name", "")).startswith("future_calls")
+    )
+
+
+async def test_the_claim_reads_in_due_order_on_statistics_taken_when_no_call_was_pending(
+    analysed_while_empty: asyncpg.Connection,
+):
+    """Planned on such statistics, the claim once read every pending call of the burst
+    through a bitmap and sorted them to take ten (a burst of 20,000 drained at a fifth of
+    its rate); on the dispatcher's session it walks the due index in order."""
+    db = analysed_while_empty
+    await db.execute(QUERIES["tune_dispatcher_session"])
+    # Planned as the dispatcher's prepared statement is: generically (EXPLAIN with
+    # parameters would plan for their values). EXECUTE takes literals only.
+    await db.execute("PREPARE claim_once AS " + QUERIES["claim"])
+    no_others = ", ".join(["'{}'"] * 6)
+    raw = await db.fetchval(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_once"
+        f"(10, 1, '0 s', {no_others}, '{{record}}', NULL, NULL, '{{}}')"
+    )
     plan = list(nodes(json.loads(raw)[0]["Plan"]))
     read = max(
         node["Actual Rows"] for node in plan if node.get("Index Name") == "future_calls_due_idx"
     )
     assert read <= 50, f"the claim read {read} due calls to take 10: {scans_of_the_table(plan)}"
     assert await db.fetchval("SELECT count(*) FROM future_calls WHERE state = 'running'") == 10
+
+
+@pytest.mark.parametrize(
+    ("statement", "arguments"),
+    [
+        ("gauges", (100,)),
+        ("behind_frontier", (["record"], datetime.now(UTC) + timedelta(hours=1), 0)),
+    ],
+)
+async def test_the_pool_s_reads_stay_bounded_on_statistics_taken_when_no_call_was_pending(
+    analysed_while_empty: asyncpg.Connection, dsn: str, statement: str, arguments: tuple[Any, ...]
+):
+    """The metrics gauges (counting up to a cap, on every scrape) and the maintenance's look
+    behind the frontier run on the scheduling pool, as the dashboard's reads do (on its
+    ``connection()``): each reads about what it returns, not the whole burst."""
+    store = await Store.open(Settings(dsn=dsn))
+    try:
+        async with store.connection() as conn:
+            raw = await conn.fetchval(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + QUERIES[statement], *arguments
+            )
+    finally:
+        await store.close()
+    plan = list(nodes(json.loads(raw)[0]["Plan"]))
+    assert rows_read(plan) <= 300, scans_of_the_table(plan)
 
 
 async def test_the_chain_lock_and_the_sweep_use_the_indexes(loaded: asyncpg.Connection):
