@@ -56,7 +56,7 @@ class Recorder(FutureCall[Item]):
 
 
 async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0, what: str = ""
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 30.0, what: str = ""
 ) -> None:
     """Poll ``condition`` until true; fail the test after ``within`` seconds."""
     deadline = time.monotonic() + within

@@ -126,10 +126,12 @@ async def check_page(
     total = 0.0
     buffers = 0
     for sql, args in recording.statements:
-        plan = await explain(conn, sql, args)
-        assert not seq_scans(plan), (what, sql[:200], seq_scans(plan))
-        total += plan["Planning Time"] + plan["Execution Time"]
-        top = plan["Plan"]
+        # The best of three: a busy machine only ever adds to a statement's time.
+        plans = [await explain(conn, sql, args) for _ in range(3)]
+        for plan in plans:
+            assert not seq_scans(plan), (what, sql[:200], seq_scans(plan))
+        total += min(plan["Planning Time"] + plan["Execution Time"] for plan in plans)
+        top = plans[-1]["Plan"]
         buffers += top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0)
     await conn.execute("SET plan_cache_mode = force_generic_plan")
     try:

@@ -181,8 +181,12 @@ async def test_a_call_claimed_but_never_started_goes_back_in_line(make_futurecal
         dispatcher = Dispatcher(fc.settings, fc._registry, fc.session, fc._store)
         await dispatcher._open()
         assert await dispatcher._claim(10) == 1
-        # Stopping before the claimed call's task took its first step.
-        await dispatcher._drain(asyncio.get_running_loop().time())
+        # A stop past its grace cancels the claimed call's task before its first step;
+        # the stop still has time to write (none at all would leave the row running,
+        # for the sweep).
+        (task,) = dispatcher._running
+        task.cancel()
+        await dispatcher._drain(asyncio.get_running_loop().time() + 10)
     row = await db.fetchrow("SELECT * FROM future_calls WHERE id = $1", call_id)
     assert row["state"] == "scheduled"
     assert row["attempts"] == 0 and row["owner"] is None and row["last_error"] is None
