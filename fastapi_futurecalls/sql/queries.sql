@@ -355,20 +355,25 @@ LEFT JOIN LATERAL (
 ) AS first ON true
 -- Only a turn that took fewer calls than it could asks what comes next: a full one
 -- comes straight back for more.
+-- The next due times are each the first row in its index's order, not min(): on
+-- statistics that say the table is empty (an analyse while nothing was pending), min()
+-- was planned as an aggregate over a bitmap of every call due later.
 LEFT JOIN LATERAL (
     SELECT extract(epoch FROM least(
                turn.retry_at,
-               (SELECT min(due_at) FROM future_calls
+               (SELECT due_at FROM future_calls
                 WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
                   AND due_at > now() + $3::interval
                   AND (name = ANY ($10::text[])
                        -- [fleet_limits
                        OR name = ANY ($14::text[])
                        -- fleet_limits]
-                      )),
-               (SELECT min(due_at) FROM future_calls
+                      )
+                ORDER BY due_at, id LIMIT 1),
+               (SELECT due_at FROM future_calls
                 WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
-                  AND due_at > now() + $3::interval)
+                  AND due_at > now() + $3::interval
+                ORDER BY due_at LIMIT 1)
            ))::float8 - extract(epoch FROM clock_timestamp() + $3::interval)::float8
            AS next_due_in,
            EXISTS (SELECT 1 FROM future_calls
@@ -560,12 +565,15 @@ SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM dead) AS changed_i
        (SELECT coalesce(array_agg(name), '{}') FROM future_calls_paused) AS paused,
        extract(epoch FROM least(
            (SELECT due_at FROM retried),
-           (SELECT min(due_at) FROM future_calls
+           -- Each the first row in its index's order (see the claim's look-ahead).
+           (SELECT due_at FROM future_calls
             WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL
               AND (due_at, id) >= (coalesce($3::timestamptz, '-infinity'::timestamptz),
-                                   coalesce($4::bigint, 0))),
-           (SELECT min(due_at) FROM future_calls
-            WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled')
+                                   coalesce($4::bigint, 0))
+            ORDER BY due_at, id LIMIT 1),
+           (SELECT due_at FROM future_calls
+            WHERE (cron IS NOT NULL OR every IS NOT NULL) AND state = 'scheduled'
+            ORDER BY due_at LIMIT 1)
        ))::float8 - extract(epoch FROM clock_timestamp())::float8 AS next_due_in;
 
 -- name: park_orphans

@@ -301,3 +301,25 @@ async def test_the_claim_stays_bounded_with_a_million_pending_calls(db: asyncpg.
         == 10
     )
     assert buffers < 500, f"the claim read {buffers} pages"
+
+
+async def test_idle_look_aheads_stay_bounded_on_statistics_taken_when_no_call_was_pending(
+    analysed_while_empty: asyncpg.Connection,
+):
+    """A turn that drains what is due, and every tick's sweep, look up the next due time.
+    On such statistics with the burst due later, each reads about one row: written as
+    min(), each read the whole burst (6,000 and 12,000 rows and index entries): every
+    idle turn and every tick would read all the calls scheduled ahead."""
+    db = analysed_while_empty
+    await db.execute("UPDATE future_calls SET due_at = now() + interval '1 hour'")
+    await db.execute(QUERIES["tune_dispatcher_session"])
+    await db.execute("PREPARE claim_once AS " + QUERIES["claim"])
+    await db.execute("PREPARE sweep_once AS " + QUERIES["sweep"])
+    no_others = ", ".join(["'{}'"] * 6)
+    for execute in (
+        f"claim_once(10, 1, '0 s', {no_others}, '{{record}}', NULL, NULL, '{{}}')",
+        "sweep_once(12345, 20.0, NULL, NULL)",
+    ):
+        raw = await db.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE " + execute)
+        plan = list(nodes(json.loads(raw)[0]["Plan"]))
+        assert rows_read(plan) <= 50, (execute, scans_of_the_table(plan))
