@@ -49,6 +49,7 @@ class TcpProxy:
         # Every transport the proxy opened, held or flowing: all are aborted at close, so
         # none is left for the garbage collector to warn about in a later test.
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._accepted = 0
         self._open: asyncio.Event | None = None  # cleared while new connections are held
         self._loop = asyncio.new_event_loop()
@@ -116,7 +117,7 @@ class TcpProxy:
         asyncio.set_event_loop(self._loop)
 
         async def listen() -> None:
-            self._server = await asyncio.start_server(self._accept, HOST, 0)
+            self._server = await asyncio.start_server(self._connected, HOST, 0)
 
         try:
             self._loop.run_until_complete(listen())
@@ -137,9 +138,16 @@ class TcpProxy:
             self._open.set()
         return self._open
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Tracked here, as the connection is made: a handler task cancelled by the shutdown
+        # before its first step would leave the socket to the garbage collector.
         self._accepted += 1
         self._writers.add(writer)
+        task = asyncio.create_task(self._accept(reader, writer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._forward(reader, writer)
         finally:
