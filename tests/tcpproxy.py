@@ -227,13 +227,21 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         self._drop_all()
-        for writer in list(self._writers):
-            _reset(writer)
         current = asyncio.current_task()
-        pending = [task for task in asyncio.all_tasks() if task is not current]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        # A connection accepted just before the server closed is handed to _connected a
+        # loop turn later: go round until no writer or task is left.
+        for _ in range(10):
+            await asyncio.sleep(0)
+            for writer in list(self._writers):
+                _reset(writer)
+            self._writers.clear()
+            pending = [task for task in asyncio.all_tasks() if task is not current]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.sleep(0)  # aborted transports close their sockets on the next turn
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
