@@ -3,7 +3,7 @@
 Prints a table, writes bench/results/latest.json. Options: --quick (smaller N),
 --systems a,b (default: all installed), --phases a,b (default: all), --out PATH;
 the steady phase (the mvcc phase's steady state): --steady-systems, --steady-minutes,
---steady-rate.
+--steady-rate, --steady-free (the same without the held transaction: the control).
 """
 
 from __future__ import annotations
@@ -383,12 +383,15 @@ def report(results: dict[str, Any]) -> str:
         )
     for row in results.get("steady", []):
         idle_free, idle_held = row["idle_free"], row["idle_held"]
+        label = "held" if row.get("held", True) else "free (control)"
+        p99s = [m["p99_ms"] for m in row["per_minute"]]
         lines.append(
             f"steady ({row['system']}): idle lateness p50/p99 {_fmt(idle_free['p50_ms'], 1)}/"
             f"{_fmt(idle_free['p99_ms'], 1)} ms free, {_fmt(idle_held['p50_ms'], 1)}/"
-            f"{_fmt(idle_held['p99_ms'], 1)} ms held after {row['warm_up_calls']:,} calls; "
-            f"{row['rate']}/s held, p99 per minute (ms): "
-            + " ".join(_fmt(m["p99_ms"], 1) for m in row["per_minute"])
+            f"{_fmt(idle_held['p99_ms'], 1)} ms {label} after {row['warm_up_calls']:,} calls; "
+            f"{row['rate']}/s {label}, p99 per minute (ms): "
+            + " ".join(_fmt(p99, 1) for p99 in p99s)
+            + f"  trend {mvcc.pct(mvcc.trend(p99s))}/minute"
         )
     return "\n".join(lines)
 
@@ -433,6 +436,11 @@ def main() -> None:
     parser.add_argument("--steady-systems", default="futurecalls")
     parser.add_argument("--steady-minutes", type=float, default=None, help="10, quick 1")
     parser.add_argument("--steady-rate", type=int, default=3000)
+    parser.add_argument(
+        "--steady-free",
+        action="store_true",
+        help="the steady phase without the held transaction (the control run)",
+    )
     args = parser.parse_args()
     phases = set(args.phases.split(","))
     admin = os.environ.get("DATABASE_URL")
@@ -468,7 +476,9 @@ def main() -> None:
         chosen = {k: v for k, v in systems.items() if k in args.steady_systems.split(",")}
         minutes = args.steady_minutes or (1.0 if args.quick else 10.0)
         warm_up = 50_000 if args.quick else 200_000
-        results["steady"] = mvcc.steady(chosen, dsn, args.steady_rate, minutes, warm_up)
+        results["steady"] = mvcc.steady(
+            chosen, dsn, args.steady_rate, minutes, warm_up, hold=not args.steady_free
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     with contextlib.suppress(ImportError):

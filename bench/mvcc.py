@@ -144,10 +144,13 @@ def steady(
     rate: int,
     minutes: float,
     warm_up: int,
+    hold: bool = True,
 ) -> list[dict[str, Any]]:
     """One worker. Idle lateness (10 calls/s for 20 s) without a held transaction; then,
     with one held: ``warm_up`` calls drained, idle lateness again, and a producer at
-    ``rate`` calls/s for ``minutes``, with lateness per minute."""
+    ``rate`` calls/s for ``minutes``, with lateness per minute. ``hold=False`` runs the
+    same without the transaction: the control that tells what the held transaction does
+    from what checkpoints and autovacuum do anyway."""
     rows = []
     for system in systems.values():
         if not hasattr(system, "schedule_steady"):
@@ -162,7 +165,7 @@ def steady(
             asyncio.run(system.schedule_steady(dsn, 0, 10, 20))
             counter.wait(idle_calls, 60)
             free_idle = _lateness(counter, 0, idle_calls)
-            with HeldTransaction(dsn):
+            with HeldTransaction(dsn) if hold else _nothing():
                 base = idle_calls
                 for first in range(0, warm_up, 20_000):
                     size = min(20_000, warm_up - first)
@@ -187,6 +190,7 @@ def steady(
         rows.append(
             {
                 "system": system.NAME,
+                "held": hold,
                 "warm_up_calls": warm_up,
                 "idle_free": free_idle,
                 "idle_held": held_idle,
@@ -197,11 +201,12 @@ def steady(
                 "missing": counter.missing(),
             }
         )
+        label = "held" if hold else "free (control)"
         print(
             f"  steady {system.NAME:20} idle p50/p99 free {_fmt(free_idle['p50_ms'], 1)}/"
-            f"{_fmt(free_idle['p99_ms'], 1)} ms, held after {warm_up:,} calls "
+            f"{_fmt(free_idle['p99_ms'], 1)} ms, {label} after {warm_up:,} calls "
             f"{_fmt(held_idle['p50_ms'], 1)}/{_fmt(held_idle['p99_ms'], 1)} ms; "
-            f"{rate}/s held, p99 per minute "
+            f"{rate}/s {label}, p99 per minute "
             + " ".join(_fmt(m["p99_ms"], 1) for m in per_minute)
             + f"  dup {counter.duplicates()} missing {counter.missing()}",
             file=sys.stderr,
