@@ -8,6 +8,7 @@ other chains of the turn move on, and the dispatch loop never sees the error.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,23 @@ from .runner import describe
 from .worker import WorkerConnection
 
 logger = logging.getLogger("fastapi_futurecalls")
+
+
+@dataclass
+class Materialized:
+    """What a turn of ``materialize_due_chains`` did: how many chains moved or were
+    parked, and the due time of the earliest call it made (None: none made)."""
+
+    count: int = 0
+    earliest: datetime | None = None
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def add(self, other: Materialized) -> None:
+        self.count += other.count
+        if self.earliest is None or (other.earliest and other.earliest < self.earliest):
+            self.earliest = other.earliest
 
 
 def next_slot(row: Any) -> datetime:
@@ -36,10 +54,12 @@ def next_slot(row: Any) -> datetime:
     return following
 
 
-async def materialize_due_chains(worker: WorkerConnection, limit: int, horizon: timedelta) -> int:
+async def materialize_due_chains(
+    worker: WorkerConnection, limit: int, horizon: timedelta
+) -> Materialized:
     """Turn each due slot of up to ``limit`` chains into a one-off call, moving each chain
     to its next slot in the same transaction; returns how many chains moved or were
-    parked (0: none was due, or another worker holds them)."""
+    parked (none: none was due, or another worker holds them), and the earliest call made."""
     locked: list[int] = []
     try:
         return await _materialize(worker, limit, horizon, locked)
@@ -48,7 +68,7 @@ async def materialize_due_chains(worker: WorkerConnection, limit: int, horizon: 
     except DatabaseError as exc:
         logger.warning("recurring chains: %s; moving them one at a time", exc)
     # A row broke the statement itself: go one chain at a time, parking the one that fails.
-    count = 0
+    done = Materialized()
     for _ in range(limit):
         locked.clear()
         try:
@@ -62,34 +82,34 @@ async def materialize_due_chains(worker: WorkerConnection, limit: int, horizon: 
             async with worker.transaction():
                 await worker.execute("park_chains", locked, [error])
             _log_parked([(locked[0], error)])
-            moved = 1
+            moved = Materialized(1)
         if not moved:
             break
-        count += moved
-    return count
+        done.add(moved)
+    return done
 
 
 async def _materialize(
     worker: WorkerConnection, limit: int, horizon: timedelta, locked: list[int]
-) -> int:
+) -> Materialized:
     async with worker.transaction():
         rows = await worker.fetch("lock_due_chains", limit, horizon)
         locked.extend(row["id"] for row in rows)
-        moved: list[tuple[int, datetime]] = []
+        moved: list[tuple[int, datetime, datetime]] = []  # id, next slot, slot made a call
         bad: list[tuple[int, str]] = []
         for row in rows:
             try:
-                moved.append((row["id"], next_slot(row)))
+                moved.append((row["id"], next_slot(row), row["due_at"]))
             except Exception as exc:  # any bad row is parked, never raised into the loop
                 bad.append((row["id"], f"bad recurring chain: {describe(exc)}"))
         if moved:
-            ids, nexts = zip(*moved, strict=True)
+            ids, nexts, _ = zip(*moved, strict=True)
             await worker.execute("materialize_chains", list(ids), list(nexts))
         if bad:
             ids, errors = zip(*bad, strict=True)
             await worker.execute("park_chains", list(ids), list(errors))
     _log_parked(bad)
-    return len(rows)
+    return Materialized(len(rows), min((due for _, _, due in moved), default=None))
 
 
 def _log_parked(bad: list[tuple[int, str]]) -> None:

@@ -38,12 +38,20 @@ SKIPPED_RETRY = 1.0
 # the last outcomes: at most this many seconds, at most a quarter of the grace.
 STOP_RESERVE = 3.0
 # Maintenance (calls of names no live worker runs; calls behind the frontier) runs every
-# this many poll intervals, in the background on the pool: it may walk the dead index
-# entries a long transaction elsewhere keeps, which must never stall the claim loop. As
-# those pile up its scans grow longer, and it then waits longer between runs, so that it
-# never takes more than MAINTENANCE_SHARE of the time.
+# this many poll intervals, in the background on the pool, and never takes more than
+# MAINTENANCE_SHARE of the time. Each run looks behind the frontier only where claims
+# scanned since the last look (a call a full claim skipped lies there). What walks the
+# old end of the due index (calls of names no live worker runs, the full look behind the
+# frontier for rows that arrived without a notification, calls to bring under a fleet
+# limit) meets there every dead entry a long transaction elsewhere keeps, so that part
+# grows with the time that transaction stays open: it runs at most every
+# MAINTENANCE_EVERY poll intervals and, once it takes longer than DEEP_MAINTENANCE_QUICK
+# seconds, never more than DEEP_MAINTENANCE_SHARE of the time: each such run takes a
+# server core from the claims for as long as it lasts.
 MAINTENANCE_EVERY = 6
 MAINTENANCE_SHARE = 0.02
+DEEP_MAINTENANCE_QUICK = 0.05
+DEEP_MAINTENANCE_SHARE = 0.002
 ORPHANS_PER_RUN = 1000
 # Retention deletes parked calls in batches of this many, at most this many per run.
 PRUNE_BATCH = 1000
@@ -106,7 +114,12 @@ class Dispatcher:
         self._frontier: tuple[datetime, int] | None = None
         self._notified = math.inf
         self._maintenance_at = 0.0
+        self._deep_maintenance_at = 0.0
         self._maintenance: asyncio.Task[None] | None = None
+        # Where the frontier scans since maintenance last looked behind the frontier began
+        # (the lowest; None: at the start of the index), if any ran.
+        self._scanned = False
+        self._scanned_from: tuple[datetime, int] | None = None
         # How far ahead counts as due: zero, but for testing.run_due's time travel.
         self._horizon = timedelta(0)
         # Whether a recurring chain may have a due slot to turn into a call.
@@ -253,11 +266,13 @@ class Dispatcher:
                 self._worker, self._settings.concurrency_limit, self._horizon
             )
         ):
-            moved += chains  # every due slot is a one-off call now, claimed in due order
+            # Every due slot is a one-off call now, claimed in due order: from before the
+            # earliest, which may lie behind the frontier.
+            moved += chains.count
+            if chains.earliest is not None:
+                self._lower_frontier(chains.earliest)
         if tried and not moved:
             self._chains_due = False  # none due, or held by another worker: the tail tells
-        if moved:
-            self._frontier = None  # a chain's slot may lie behind it
         *rows, tail = await self._record(owner, free)
         if tail["chain_due"] is not None:  # None: a full turn, which did not look
             self._chains_due = tail["chain_due"]
@@ -313,6 +328,8 @@ class Dispatcher:
         mine = [o for o in self._outcomes if o.call.owner == owner]
         self._outcomes = [o for o in self._outcomes if o.call.owner != owner]
         frontier = self._frontier if free and self._frontier else None
+        if free:
+            self._note_scan(frontier)
         locking = bool(free and self._limits)  # a claim of limited names: lock them first
         try:
             async with self._worker.transaction() if locking else contextlib.nullcontext():
@@ -541,44 +558,79 @@ class Dispatcher:
         self._due_at = min(due, self._announced)
 
     async def _maintain(self) -> None:
-        """Park calls of names no live worker registers; delete parked calls past the
-        retention; lower the frontier to a due call behind it that no notification
-        announced. Never raises: the next run retries."""
+        """Delete parked calls past the retention; lower the frontier to a due call behind
+        it that no notification announced; and, less often (the deep part), park calls of
+        names no live worker registers. Never raises: the next run retries."""
         began = self._loop.time()
+        every = MAINTENANCE_EVERY * self._settings.poll_interval
+        deep = began >= self._deep_maintenance_at
         try:
-            for row in await self._store.park_orphans(
-                self._worker.namespace, self._settings.unknown_name_grace, ORPHANS_PER_RUN
-            ):
-                logger.error(
-                    "future call %r (id %d) parked as failed: no live worker registers its "
-                    "name (unknown_name_grace)",
-                    row["name"],
-                    row["id"],
-                    extra={"future_call_name": row["name"], "future_call_id": row["id"]},
-                )
-            if self._limits:
-                await self._store.mark_limited(list(self._limits), ORPHANS_PER_RUN)
+            if deep:
+                await self._park_orphans()
+            deep_took = self._loop.time() - began
             if self._settings.retention > 0:
                 for _ in range(PRUNE_BATCHES_PER_RUN):
                     pruned = await self._store.prune(self._settings.retention, PRUNE_BATCH)
                     if pruned < PRUNE_BATCH:
                         break
             await self._store.prune_stats(STATS_KEPT)
-            frontier = self._frontier
-            if frontier is not None:
-                paused = self._paused or frozenset()
-                names = [name for name in self._free_names if name not in paused]
-                behind = await self._store.behind_frontier(names, frontier)
-                if behind is not None:
-                    epoch = behind["due_at"].timestamp()
-                    self._announce(self._worker.loop_time(epoch), epoch)
+            deep_took += await self._look_behind_frontier(deep)
         except (DatabaseError, ConfigurationError) as exc:
             logger.warning("future calls maintenance failed (%s); retrying later", exc)
+            self._scanned, self._scanned_from = True, None  # look everywhere next time
+        else:
+            if deep:
+                share = DEEP_MAINTENANCE_SHARE if deep_took > DEEP_MAINTENANCE_QUICK else 1.0
+                self._deep_maintenance_at = began + max(every, deep_took / share)
         ended = self._loop.time()
-        self._maintenance_at = ended + max(
-            MAINTENANCE_EVERY * self._settings.poll_interval,
-            (ended - began) / MAINTENANCE_SHARE,
-        )
+        self._maintenance_at = ended + max(every, (ended - began) / MAINTENANCE_SHARE)
+
+    async def _park_orphans(self) -> None:
+        for row in await self._store.park_orphans(
+            self._worker.namespace, self._settings.unknown_name_grace, ORPHANS_PER_RUN
+        ):
+            logger.error(
+                "future call %r (id %d) parked as failed: no live worker registers its "
+                "name (unknown_name_grace)",
+                row["name"],
+                row["id"],
+                extra={"future_call_name": row["name"], "future_call_id": row["id"]},
+            )
+        if self._limits:
+            await self._store.mark_limited(list(self._limits), ORPHANS_PER_RUN)
+
+    async def _look_behind_frontier(self, everywhere: bool) -> float:
+        """Lower the frontier to the earliest due call behind it that its claims take:
+        ``everywhere`` from the start of the index, else only from where the frontier
+        scans since the last look began. Returns the seconds a look from the start took
+        (0 for the other)."""
+        frontier = self._frontier
+        if frontier is None or not (everywhere or self._scanned):
+            return 0.0  # the next claim scans from the start; or none passed anything
+        since = None if everywhere else self._scanned_from
+        self._scanned = False  # claims from now on count for the next look
+        paused = self._paused or frozenset()
+        names = [name for name in self._free_names if name not in paused]
+        began = self._loop.time()
+        behind = await self._store.behind_frontier(names, frontier, since)
+        if behind is not None:
+            epoch = behind["due_at"].timestamp()
+            self._announce(self._worker.loop_time(epoch), epoch)
+        return self._loop.time() - began if since is None else 0.0
+
+    def _note_scan(self, start: tuple[datetime, int] | None) -> None:
+        """A claim's frontier scan begins at ``start`` (None: the start of the index)."""
+        if not self._scanned:
+            self._scanned, self._scanned_from = True, start
+        elif self._scanned_from is not None:
+            self._scanned_from = None if start is None else min(self._scanned_from, start)
+
+    def _lower_frontier(self, due_at: datetime) -> None:
+        """A call due at ``due_at`` may lie behind the frontier: start the next claim
+        before it."""
+        if self._frontier is not None:
+            lowered = _before(due_at.timestamp())
+            self._frontier = None if lowered is None else min(self._frontier, lowered)
 
     def _advance_frontier(self, earliest: tuple[datetime, int]) -> None:
         """After a claim that took calls: start the next one at the batch's earliest

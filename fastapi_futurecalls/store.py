@@ -442,12 +442,21 @@ class Store:
                 return await pooled.fetch(self._queries["park_orphans"], namespace, grace, limit)
 
     async def behind_frontier(
-        self, names: list[str], frontier: tuple[datetime, int]
+        self,
+        names: list[str],
+        frontier: tuple[datetime, int],
+        since: tuple[datetime, int] | None = None,
     ) -> asyncpg.Record | None:
-        """Maintenance: the earliest due call of ``names`` before ``frontier``, if any."""
+        """Maintenance: the earliest due call of ``names`` before ``frontier`` and at or
+        after ``since`` (None: from the start), if any."""
         with database_errors("looking behind the frontier"):
             async with self._reading() as pooled:
-                return await pooled.fetchrow(self._queries["behind_frontier"], names, *frontier)
+                return await pooled.fetchrow(
+                    self._queries["behind_frontier"],
+                    names,
+                    *frontier,
+                    *(since if since is not None else (None, None)),
+                )
 
     async def list(
         self, identifier: str | None, name: str | None, state: str | None, limit: int

@@ -607,12 +607,17 @@ RETURNING c.id, c.name;
 -- name: behind_frontier
 -- Maintenance, off the dispatch loop: the earliest due call that the frontier scan of the
 -- names $1 (those it claims, paused ones left out) takes (priority 0) before the frontier
--- ($2, $3), if any (one a notification never announced: its claim was rolled back by the
--- worker that held it, say); the dispatcher then lowers its frontier to it.
+-- ($2, $3) and at or after ($4, $5) (NULL: from the start of the index), if any: one a
+-- notification never announced (a full claim skipped it while the worker that held it
+-- rolled back, say); the dispatcher then lowers its frontier to it. Both ends bound the
+-- index scan: under a long transaction elsewhere, what lies before the lower one is mostly
+-- the dead entries of every call run since it began.
 SELECT due_at, id FROM future_calls
 WHERE state = 'scheduled' AND cron IS NULL AND every IS NULL AND priority = 0
   AND due_at <= now() AND name = ANY ($1::text[])
   AND (due_at, id) < ($2::timestamptz, $3::bigint)
+  AND (due_at, id) >= (coalesce($4::timestamptz, '-infinity'::timestamptz),
+                       coalesce($5::bigint, 0))
 ORDER BY due_at, id
 LIMIT 1;
 

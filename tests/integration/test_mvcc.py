@@ -137,3 +137,81 @@ async def test_the_sweep_does_not_walk_the_runs_a_held_transaction_keeps(
     touched = _blocks_read_through(json.loads(raw)[0]["Plan"], "future_calls_running_idx")
     # Walking the 3,000 dead entries and their heap rows touches hundreds of pages.
     assert touched < 10, f"the sweep touched {touched} pages through the running index"
+
+
+async def test_the_look_behind_the_frontier_reads_only_what_claims_passed_since(
+    make_futurecalls, db, held
+):
+    """Maintenance looks behind each dispatcher's frontier for a call no notification
+    announced. From the start of the index, that look walks the dead entry of every call
+    run since the held transaction began; its regular look starts where the claims since
+    the last one began, so it costs what the calls run meanwhile left, however long the
+    transaction has been open."""
+    worker = make_futurecalls(poll_interval=60, concurrency_limit=100)
+    ordered = Ordered()
+    worker.register_future_call(ordered, "ordered")
+    base = datetime.now(UTC) - timedelta(hours=1)
+    due = [base + timedelta(milliseconds=n) for n in range(3000)]
+    async with worker:
+        ids = await worker.session().future_calls_batch(
+            [PlannedCall("ordered", Item(n=n), at=at) for n, at in enumerate(due)]
+        )
+        await wait_for(lambda: len(ordered.ran) == 3000, within=60)
+    await db.execute("SET plan_cache_mode = force_generic_plan")  # as the pool's reads plan
+
+    async def look(since: tuple[datetime, int] | None) -> int:
+        raw = await db.fetchval(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["behind_frontier"],
+            ["ordered"],
+            due[-1],
+            ids[-1],
+            *(since or (None, None)),
+        )
+        return _blocks_read_through(json.loads(raw)[0]["Plan"], "future_calls_due_idx")
+
+    everywhere, since_the_last_batches = await look(None), await look((due[-200], ids[-200]))
+    # 3,000 dead entries and their heap rows against the 200 of the last batches.
+    assert everywhere > 40, everywhere
+    assert since_the_last_batches * 5 < everywhere, (since_the_last_batches, everywhere)
+
+
+async def test_a_call_a_full_claim_skipped_runs_once_its_row_is_free_again(
+    make_futurecalls, dsn, held, monkeypatch
+):
+    """A full claim skips a due row another transaction holds locked and moves its
+    frontier past it; no notification comes when that transaction rolls back. The look
+    behind the frontier finds it within a few poll intervals, the full look from the start
+    of the index (pushed far off here) aside."""
+    monkeypatch.setattr("fastapi_futurecalls.dispatcher.DEEP_MAINTENANCE_QUICK", 0.0)
+    monkeypatch.setattr("fastapi_futurecalls.dispatcher.DEEP_MAINTENANCE_SHARE", 1e-9)
+    worker = make_futurecalls(poll_interval=0.5, concurrency_limit=5)
+    ordered = Ordered()
+    worker.register_future_call(ordered, "ordered")
+    other = await asyncpg.connect(dsn)
+    try:
+        async with worker:
+            session = worker.session()
+            await session.future_calls_batch([PlannedCall("ordered", Item(n=n)) for n in range(20)])
+            await wait_for(lambda: len(ordered.ran) == 20, within=20)  # the frontier is set
+            later = datetime.now(UTC) + timedelta(seconds=3)
+            ids = await session.future_calls_batch(
+                [
+                    PlannedCall("ordered", Item(n=100 + n), at=later + timedelta(milliseconds=n))
+                    for n in range(40)
+                ]
+            )
+            locked = other.transaction()
+            await locked.start()
+            await other.execute("SELECT 1 FROM future_calls WHERE id = $1 FOR UPDATE", ids[0])
+            await wait_for(lambda: len(ordered.ran) == 59, within=30)  # full claims, past it
+            await asyncio.sleep(1)
+            assert 100 not in ordered.ran
+            await locked.rollback()
+            released = time.monotonic()
+            await wait_for(lambda: 100 in ordered.ran, within=30)
+            assert time.monotonic() - released < 20  # maintenance runs every 3 s here
+            await asyncio.sleep(1)
+    finally:
+        await other.close()
+    assert sorted(ordered.ran) == sorted([*range(20), *range(100, 140)])
+    assert ordered.ran[20:59] == list(range(101, 140))

@@ -219,7 +219,7 @@ async def test_the_claim_reads_in_due_order_on_statistics_taken_when_no_call_was
     ("statement", "arguments"),
     [
         ("gauges", (100,)),
-        ("behind_frontier", (["record"], datetime.now(UTC) + timedelta(hours=1), 0)),
+        ("behind_frontier", (["record"], datetime.now(UTC) + timedelta(hours=1), 0, None, None)),
     ],
 )
 async def test_the_pool_s_reads_stay_bounded_on_statistics_taken_when_no_call_was_pending(
@@ -253,7 +253,7 @@ async def test_the_maintenance_statements_use_the_indexes(loaded: asyncpg.Connec
     orphans = scans_of_the_table(await plan_of(loaded, "park_orphans", 12345, 600.0, 1000))
     assert orphans and all(kind != "Seq Scan" for kind, _ in orphans), orphans
     behind = scans_of_the_table(
-        await plan_of(loaded, "behind_frontier", ["record"], datetime.now(UTC), 25_000)
+        await plan_of(loaded, "behind_frontier", ["record"], datetime.now(UTC), 25_000, None, None)
     )
     assert behind and all(kind != "Seq Scan" for kind, _ in behind), behind
     assert {index for _, index in behind} == {"future_calls_due_idx"}
