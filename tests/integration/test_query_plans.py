@@ -215,6 +215,54 @@ async def test_the_claim_reads_in_due_order_on_statistics_taken_when_no_call_was
     assert await db.fetchval("SELECT count(*) FROM future_calls WHERE state = 'running'") == 10
 
 
+async def test_statements_planned_on_an_empty_table_never_read_it_sequentially(
+    db: asyncpg.Connection,
+):
+    """A dispatcher that connects to an empty, freshly vacuumed table (a new install, a
+    queue emptied by TRUNCATE) plans its statements there, once, and on a table of no
+    pages reading it whole is cheapest. The plans stay when a burst arrives: recording
+    each batch then read the whole table (200,000 calls under a held transaction drained
+    at 260 calls/s, each claim reading 7,200 pages, until autovacuum's analyse replanned
+    it: bench/results/steady-2026-12-03-1325-warm-up.log)."""
+    await db.execute("ALTER TABLE future_calls SET (autovacuum_enabled = false)")
+    try:
+        await db.execute("VACUUM ANALYZE future_calls")
+        await db.execute(QUERIES["tune_dispatcher_session"])
+        await db.execute("PREPARE claim_once AS " + QUERIES["claim"])
+        await db.execute("PREPARE sweep_once AS " + QUERIES["sweep"])
+        # The first execution plans them (generically, as the dispatcher's session does).
+        nothing = ", ".join(["'{}'"] * 6)
+        await db.execute(
+            f"EXECUTE claim_once(10, 1, '0 s', {nothing}, '{{record}}', NULL, NULL, '{{}}')"
+        )
+        await db.execute("EXECUTE sweep_once(12345, 20.0, NULL, NULL)")
+        await db.execute(
+            "INSERT INTO future_calls (name, payload, due_at)"
+            " SELECT 'record', '{\"n\": 1}', now() FROM generate_series(1, 20000)"
+        )
+        done = await db.fetch(
+            "UPDATE future_calls SET state = 'running', owner = 1, attempts = 1"
+            " WHERE id IN (SELECT id FROM future_calls ORDER BY id LIMIT 10) RETURNING id"
+        )
+        ids = ",".join(str(row["id"]) for row in done)
+        claim = await db.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim_once"
+            f"(10, 1, '0 s', '{{{ids}}}', '{{{','.join(['1'] * 10)}}}', '{{}}', '{{}}', '{{}}',"
+            " '{}', '{record}', NULL, NULL, '{}')"
+        )
+        sweep = await db.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE sweep_once(12345, 20.0, NULL, NULL)"
+        )
+    finally:
+        await db.execute("ALTER TABLE future_calls RESET (autovacuum_enabled)")
+    for raw in (claim, sweep):
+        plan = list(nodes(json.loads(raw)[0]["Plan"]))
+        scans = scans_of_the_table(plan)
+        assert all(kind != "Seq Scan" for kind, _ in scans), scans
+        assert rows_read(plan) <= 100, scans
+    assert await db.fetchval("SELECT count(*) FROM future_calls") == 20000 - 10
+
+
 @pytest.mark.parametrize(
     ("statement", "arguments"),
     [
