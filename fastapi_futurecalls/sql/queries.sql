@@ -170,10 +170,8 @@ SET tcp_keepalives_count = 3;
 -- For the rest of one transaction of the scheduling pool (SET LOCAL: a transaction
 -- pooler's next client never sees it), plan as the dispatcher's session does: the
 -- gauges, the dashboard's reads and maintenance stop after a few rows of an index walked
--- in order, and must not read and sort every matching row on statistics of an empty
--- queue, nor read the whole table on a plan made while it was empty.
+-- in order, and must not read and sort every matching row on statistics of an empty queue.
 SET LOCAL enable_sort = off;
-SET LOCAL enable_seqscan = off;
 SET LOCAL jit = off;
 
 -- name: backend_pid
