@@ -149,3 +149,27 @@ def test_cron_follows_the_timezone_across_daylight_saving() -> None:
     assert every.first(None, due) == due + timedelta(minutes=10)
     with pytest.raises(InvalidScheduleError):
         Recurrence(cron="not a cron at all")
+
+
+async def test_a_slot_due_behind_the_frontier_runs_at_once(make_futurecalls, db):
+    """A chain's slot becomes a one-off call due at the slot's time, which may lie behind
+    where the dispatcher's next claim would start (the earliest of its last batch): the
+    dispatcher starts that claim before the slot, so the call runs at once, not when
+    maintenance or the next poll looks behind the frontier."""
+    recorder = Recorder()
+    fc: FutureCalls = make_futurecalls(poll_interval=60)
+    fc.register_future_call(recorder, "record")
+    async with fc:
+        session = fc.session()
+        await session.future_call_with_delay("record", Item(n=1), timedelta(0))
+        await wait_for(lambda: len(recorder.calls) == 1, within=10)  # the frontier is set
+        # A chain that arrives without a notification (as a slot the dispatcher finds by
+        # itself would), its slot ten minutes ago; then a call that wakes the dispatcher.
+        await db.execute(
+            "INSERT INTO future_calls (name, payload, identifier, due_at, every)"
+            " VALUES ('record', '{\"n\": 2}', 'behind', now() - interval '10 minutes',"
+            " interval '1 day')"
+        )
+        await session.future_call_with_delay("record", Item(n=3), timedelta(0))
+        await wait_for(lambda: len(recorder.calls) == 3, within=15)
+    assert sorted(c.n for c in recorder.calls) == [1, 2, 3]
