@@ -530,11 +530,15 @@ WITH live AS (
     UPDATE future_calls_workers SET missing_since = NULL
     WHERE missing_since IS NOT NULL AND id IN (SELECT id FROM live)
 ), gone AS (
-    -- Seen missing by an earlier sweep at least $2 seconds ago, and missing still.
+    -- Seen missing by an earlier sweep at least $2 seconds ago, and missing still. CASE
+    -- fixes the order: a plan free to order the conditions took the lock of every
+    -- number first, and the locks were then read back as live workers (live reads
+    -- pg_locks when first needed), so a dead worker was never swept.
     SELECT w.id FROM future_calls_workers AS w
-    WHERE w.id IN (SELECT id FROM missing)
-      AND w.missing_since <= now() - make_interval(secs => $2::float8)
-      AND pg_try_advisory_xact_lock($1::integer, w.id)
+    WHERE CASE WHEN w.id IN (SELECT id FROM missing)
+                    AND w.missing_since <= now() - make_interval(secs => $2::float8)
+               THEN pg_try_advisory_xact_lock($1::integer, w.id)
+               ELSE false END
 ), forgotten AS (
     DELETE FROM future_calls_workers WHERE id IN (SELECT id FROM gone)
 ), dead AS (
