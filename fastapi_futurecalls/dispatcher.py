@@ -586,6 +586,8 @@ class Dispatcher:
         self._maintenance_at = ended + max(every, (ended - began) / MAINTENANCE_SHARE)
 
     async def _park_orphans(self) -> None:
+        """Park calls of names no live worker registers; bring due calls of names with a
+        fleet_limit under it. Both walk the old end of the due index."""
         for row in await self._store.park_orphans(
             self._worker.namespace, self._settings.unknown_name_grace, ORPHANS_PER_RUN
         ):
