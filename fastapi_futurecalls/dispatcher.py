@@ -270,7 +270,7 @@ class Dispatcher:
             # earliest, which may lie behind the frontier.
             moved += chains.count
             if chains.earliest is not None:
-                self._lower_frontier(chains.earliest)
+                self._lower_frontier(chains.earliest.timestamp())
         if tried and not moved:
             self._chains_due = False  # none due, or held by another worker: the tail tells
         *rows, tail = await self._record(owner, free)
@@ -627,11 +627,11 @@ class Dispatcher:
         elif self._scanned_from is not None:
             self._scanned_from = None if start is None else min(self._scanned_from, start)
 
-    def _lower_frontier(self, due_at: datetime) -> None:
-        """A call due at ``due_at`` may lie behind the frontier: start the next claim
+    def _lower_frontier(self, db_epoch: float) -> None:
+        """A call due at ``db_epoch`` may lie behind the frontier: start the next claim
         before it."""
         if self._frontier is not None:
-            lowered = _before(due_at.timestamp())
+            lowered = _before(db_epoch)
             self._frontier = None if lowered is None else min(self._frontier, lowered)
 
     def _advance_frontier(self, earliest: tuple[datetime, int]) -> None:
@@ -663,8 +663,7 @@ class Dispatcher:
         (``db_epoch`` by the database clock, when a notification said so)."""
         if db_epoch is not None:
             self._notified = min(self._notified, db_epoch)
-            if self._frontier is not None and db_epoch - 0.001 < self._frontier[0].timestamp():
-                self._frontier = _before(db_epoch)
+            self._lower_frontier(db_epoch)
         self._announced = min(self._announced, due)
         if due < self._due_at:
             self._due_at = due
