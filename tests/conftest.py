@@ -40,8 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def _collect_garbage_after() -> Iterator[None]:
     """Collect garbage as each test ends. Set up before the test's own fixtures, this
     runs after their teardown and before pytest gathers unraisable exceptions: a socket
-    or transport the test left open is reported (filterwarnings = error) in that test's
-    teardown, not in whichever later test the collector happens to run in."""
+    or transport the test left open is reported under that test (pyproject.toml's
+    filterwarnings), not under whichever later test the collector happens to run in."""
     yield
     gc.collect()
 

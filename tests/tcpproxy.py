@@ -163,9 +163,10 @@ class TcpProxy:
             _reset(writer)
             return
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(*self.upstream), timeout=10
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for cancelled just as
+            # the connection is made drops it, open, for the garbage collector.
+            async with asyncio.timeout(10):
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except (OSError, TimeoutError):
             _reset(writer)
             return
