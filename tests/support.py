@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -124,3 +125,20 @@ def alembic(cwd: Path, dsn: str, *args: str, **env: str) -> subprocess.Completed
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def open_transports() -> list[asyncio.BaseTransport]:
+    """The socket transports of the running event loop whose socket is still open (what
+    the garbage collector would report as an unclosed transport): after
+    ``FutureCalls.stop()`` in a test that opened nothing else, there must be none. A
+    transport that is closing still counts: one waiting for a peer that never reads
+    keeps its socket for ever."""
+    loop = asyncio.get_running_loop()
+    gc.collect()
+    return [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, asyncio.BaseTransport)
+        and getattr(obj, "_loop", None) is loop
+        and getattr(obj, "_sock", None) is not None
+    ]

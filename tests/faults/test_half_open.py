@@ -21,7 +21,7 @@ import pytest
 
 from fastapi_futurecalls import FutureCalls
 from tests.apps.worker_app import Job, Record
-from tests.support import RunLog, schedule_jobs, wait_for
+from tests.support import RunLog, open_transports, schedule_jobs, wait_for
 from tests.tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -109,6 +109,9 @@ async def test_a_frozen_connection_is_given_up_and_dispatch_goes_on(
             lambda: runlog.count() == 15, within=RECOVERY_BOUND, what="a second recovery"
         )
         assert set(runlog.runs()) == set(range(15))
+    await asyncio.sleep(0.1)
+    # Every connection given up, and every one opened since, was closed with the stop.
+    assert open_transports() == [], "connections left open"
 
 
 async def test_stop_returns_within_its_bound_while_the_connection_is_frozen(
@@ -143,4 +146,6 @@ async def test_stop_returns_within_its_bound_while_the_connection_is_frozen(
         took = time.monotonic() - started
         assert not futurecalls.started
         assert took < bound
+        await asyncio.sleep(0.1)  # a closed transport lets its socket go a turn later
+        assert open_transports() == [], "stop() left connections open"
         assert runlog.runs("done")[0] == 1  # the running call finished, once
