@@ -25,7 +25,7 @@ WITH_PG = FUTURECALLS_PG=$(1) && export FUTURECALLS_PG && \
   DATABASE_URL="$$($(DEVDB) ensure)" && export DATABASE_URL &&
 
 .DEFAULT_GOAL := help
-.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test test-pg16 test-pg18 lint dist format docs bench clean
+.PHONY: help venv pgbouncer chromium db db-stop db-destroy migrate run test test-pg16 test-pg18 test-pythons lint dist format docs bench clean
 
 help: ## List the targets
 	@echo 'usage: make TARGET [VENV=.venv] [PYTHON=python3] [PORT=8000] [PYTEST_ARGS=...]'
@@ -92,6 +92,25 @@ test-pg16: venv pgbouncer chromium ## Run the tests on PostgreSQL 16 (the pip wh
 test-pg18: venv pgbouncer chromium ## Run the tests on PostgreSQL 18 (likewise; not run by CI)
 	$(call WITH_PG,18) $(BIN)/pytest $(PYTEST_ARGS)
 
+# Every other Python the package's classifiers name, each in a virtualenv of its own
+# (.venv-3.X), found as python3.X on PATH or under pyenv: the unit and integration tests
+# (the fault and browser tests exercise the same code and run on the default Python).
+# One that is not found is reported, not failed: CI checks what the machine has.
+OTHER_PYTHONS ?= 3.12 3.13
+TEST_PYTHONS_ARGS ?= tests/unit tests/integration example_app
+
+test-pythons: pgbouncer ## Run the unit and integration tests on Python 3.12 and 3.13 where found
+	@set -e; for version in $(OTHER_PYTHONS); do \
+	  python=; for candidate in $$(command -v python$$version) \
+	      $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$version.*/bin/python 2>/dev/null | sort -rV); do \
+	    if "$$candidate" -c 'import sys' 2>/dev/null; then python="$$candidate"; break; fi; \
+	  done; \
+	  if [ -z "$$python" ]; then echo "warning: Python $$version not found; not tested"; continue; fi; \
+	  echo "== Python $$version: $$python"; \
+	  $(MAKE) --no-print-directory test VENV=.venv-$$version PYTHON="$$python" \
+	    PYTEST_ARGS="$(TEST_PYTHONS_ARGS) $(PYTEST_ARGS)"; \
+	done
+
 lint: venv ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -123,5 +142,5 @@ bench: venv ## Run the benchmarks (installs the bench extra)
 	$(WITH_DB) $(BIN)/python -m bench
 
 clean: ## Remove the virtualenv, caches and build output (not the dev database)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist site *.egg-info
+	rm -rf $(VENV) .venv-3.* .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist site *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
