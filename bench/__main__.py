@@ -427,6 +427,28 @@ def mvcc_chart(results: dict[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
+def _minutes(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of minutes is needed, not {text!r}") from None
+    if not minutes * 60 >= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"at least a second (0.017) is needed, not {text}")
+    return minutes
+
+
+def _rate(text: str) -> int:
+    try:
+        rate = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a whole number of calls/s is needed, not {text!r}"
+        ) from None
+    if rate < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 call/s is needed, not {text}")
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="N=5,000 instead of 20,000")
@@ -434,8 +456,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--steady-systems", default="futurecalls")
-    parser.add_argument("--steady-minutes", type=float, default=None, help="10, quick 1")
-    parser.add_argument("--steady-rate", type=int, default=3000)
+    parser.add_argument("--steady-minutes", type=_minutes, default=None, help="10, quick 1")
+    parser.add_argument("--steady-rate", type=_rate, default=3000)
     parser.add_argument(
         "--steady-free",
         action="store_true",

@@ -180,12 +180,13 @@ def steady(
                 counter.wait(base + rate * seconds, 120)
         finally:
             _stop(stop, procs)
+        end = base + rate * seconds  # a last part-minute counts as a minute of its own
         per_minute = [
             {
                 "minute": m + 1,
-                **_lateness(counter, base + m * 60 * rate, base + (m + 1) * 60 * rate),
+                **_lateness(counter, base + m * 60 * rate, min(base + (m + 1) * 60 * rate, end)),
             }
-            for m in range(max(1, seconds // 60))
+            for m in range(-(-seconds // 60))
         ]
         rows.append(
             {
